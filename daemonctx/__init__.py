@@ -1,0 +1,102 @@
+"""daemonctx: turn a program into a well-behaved Unix daemon, and keep its workers alive.
+
+``import daemonctx as daemon`` is a drop-in for python-daemon::
+
+    with daemonctx.DaemonContext(pidfile=daemonctx.PIDFile("/run/app.pid")):
+        main()
+
+Names are imported lazily: a daemon that never uses the supervisor, the systemd helpers or the
+pidfile does not pay for importing them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from daemonctx.errors import (
+    DaemonError,
+    DaemonOptionError,
+    DaemonOSEnvironmentError,
+    DaemonProcessDetachError,
+    DaemonStartupError,
+)
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from daemonctx.context import DaemonContext
+    from daemonctx.handshake import StartupReport, notify_ready
+    from daemonctx.pidfile import (
+        PIDFile,
+        PIDFileError,
+        PIDFileLockedError,
+        PIDFileLockFailedError,
+        PIDFileTimeoutError,
+        PIDFileUnsafeError,
+        TimeoutPIDLockFile,
+        holder_pid,
+    )
+    from daemonctx.supervisor import (
+        RestartPolicy,
+        Supervisor,
+        SupervisorError,
+        fork_processes,
+        task_id,
+    )
+
+_LAZY = {
+    "DaemonContext": "daemonctx.context",
+    "StartupReport": "daemonctx.handshake",
+    "notify_ready": "daemonctx.handshake",
+    "PIDFile": "daemonctx.pidfile",
+    "PIDFileError": "daemonctx.pidfile",
+    "PIDFileLockedError": "daemonctx.pidfile",
+    "PIDFileLockFailedError": "daemonctx.pidfile",
+    "PIDFileTimeoutError": "daemonctx.pidfile",
+    "PIDFileUnsafeError": "daemonctx.pidfile",
+    "TimeoutPIDLockFile": "daemonctx.pidfile",
+    "holder_pid": "daemonctx.pidfile",
+    "RestartPolicy": "daemonctx.supervisor",
+    "Supervisor": "daemonctx.supervisor",
+    "SupervisorError": "daemonctx.supervisor",
+    "fork_processes": "daemonctx.supervisor",
+    "task_id": "daemonctx.supervisor",
+}
+
+__all__ = [
+    "DaemonContext",
+    "DaemonError",
+    "DaemonOSEnvironmentError",
+    "DaemonOptionError",
+    "DaemonProcessDetachError",
+    "DaemonStartupError",
+    "PIDFile",
+    "PIDFileError",
+    "PIDFileLockFailedError",
+    "PIDFileLockedError",
+    "PIDFileTimeoutError",
+    "PIDFileUnsafeError",
+    "RestartPolicy",
+    "StartupReport",
+    "Supervisor",
+    "SupervisorError",
+    "TimeoutPIDLockFile",
+    "fork_processes",
+    "holder_pid",
+    "notify_ready",
+    "task_id",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'daemonctx' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
