@@ -1,0 +1,236 @@
+"""The start-up handshake between the launching process and the daemon.
+
+Every other Python daemoniser exits 0 from the launching process right after the first fork,
+so the shell never learns that the daemon then failed (pidfile held, permission denied, a crash
+in the application's own start-up).  Here the launcher waits, bounded, on a pipe until the
+daemon reports (systemd's daemon(7), steps 14-15):
+
+* the daemon writes ``P <pid>`` as soon as it exists, then ``R`` when it is ready, or
+  ``E <status> <Type>: <message>`` when start-up failed, or ``X`` right before it ``exec``\\ s
+  (the pipe is close-on-exec, so a successful ``exec`` closes it: end of file after ``X``
+  means the new program is running);
+* end of file with no report means the daemon died without a word;
+* the launcher gives up after a timeout.
+
+The launcher turns what it read into a :class:`StartupReport`.  Messages are one line each, with
+backslashes and newlines escaped, so no parser heavier than ``str.split`` is needed here.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = [
+    "StartupReport",
+    "close_in_child",
+    "notify_ready",
+    "prepare_exec",
+    "report_failure",
+]
+
+StartupState = Literal["ready", "exec", "failed", "died", "timeout"]
+
+
+@dataclass(frozen=True)
+class StartupReport:
+    """What the launcher learned about the daemon's start-up.
+
+    ``state`` is ``"ready"`` (the daemon reported readiness), ``"exec"`` (it ``exec``\\ ed a new
+    program successfully), ``"failed"`` (it reported an error), ``"died"`` (it exited without a
+    report) or ``"timeout"`` (no report in time).  ``pid`` is the daemon's pid once known,
+    ``message`` a one-line human explanation, and ``exit_status`` the status the launcher should
+    exit with.
+    """
+
+    state: StartupState
+    pid: int | None
+    message: str
+    exit_status: int
+
+    @property
+    def ok(self) -> bool:
+        """True when the daemon is running: ready, or its ``exec`` succeeded."""
+        return self.state in ("ready", "exec")
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _unescape(text: str) -> str:
+    out: list[str] = []
+    chars = iter(text)
+    for ch in chars:
+        if ch == "\\":
+            nxt = next(chars, "")
+            out.append("\n" if nxt == "n" else nxt)
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+# --- the daemon's side ---------------------------------------------------------------------
+
+_report_fd: int | None = None
+_report_pid: int | None = None
+_ready_sent = False
+
+
+def _start_reporting(fd: int) -> None:
+    """Called by DaemonContext in the daemon, right after the second fork."""
+    global _report_fd, _report_pid, _ready_sent
+    _report_fd = fd
+    _report_pid = os.getpid()
+    _ready_sent = False
+    _write(f"P {_report_pid}\n")
+
+
+def report_fd() -> int | None:
+    """The pipe the daemon reports on, if a report is still owed (for fd preservation)."""
+    return _report_fd if _report_pid == os.getpid() else None
+
+
+def _write(line: str) -> None:
+    if _report_fd is None:
+        return
+    data = line.encode("utf-8", "replace")
+    try:
+        while data:
+            written = os.write(_report_fd, data)
+            data = data[written:]
+    except OSError:
+        pass  # the launcher is gone (killed): nobody is left to tell
+
+
+def _finish() -> None:
+    global _report_fd, _report_pid
+    if _report_fd is not None:
+        try:
+            os.close(_report_fd)
+        except OSError:
+            pass
+    _report_fd = None
+    _report_pid = None
+
+
+def is_pending() -> bool:
+    """True in the daemon while the launcher still waits for a report."""
+    return _report_fd is not None and _report_pid == os.getpid()
+
+
+def notify_ready() -> None:
+    """Declare the daemon ready: the launcher exits 0, and systemd gets ``READY=1``.
+
+    Idempotent.  Called automatically at the end of :meth:`DaemonContext.open` unless the
+    context was created with ``defer_ready=True``; then the application calls it (directly, as
+    ``daemonctx.notify_ready()``, or as :meth:`DaemonContext.notify_ready`) once it has bound
+    its sockets and loaded its configuration, so that the launcher's exit status means "serving".
+    """
+    global _ready_sent
+    if _ready_sent:
+        return
+    _ready_sent = True
+    if is_pending():
+        _write("R\n")
+        _finish()
+    if "NOTIFY_SOCKET" in os.environ:
+        from daemonctx import systemd
+
+        systemd.notify_quietly(ready=True, mainpid=os.getpid())
+
+
+def report_failure(exc: BaseException, exit_status: int = 1) -> None:
+    """Tell the waiting launcher that start-up failed with ``exc``; a no-op if none waits."""
+    if not is_pending():
+        return
+    if isinstance(exc, SystemExit):
+        code = exc.code
+        if isinstance(code, int) or code is None:
+            exit_status = code or 0
+            message = f"SystemExit: daemon exited with status {exit_status} before it was ready"
+            exit_status = exit_status or 1
+        else:
+            message = f"SystemExit: {code}"
+    else:
+        message = f"{type(exc).__name__}: {exc}"
+    _write(f"E {exit_status} {_escape(message)}\n")
+    _finish()
+
+
+def prepare_exec() -> None:
+    """Call right before ``os.exec*`` in the daemon: a successful exec then counts as started.
+
+    The pipe is close-on-exec, so the launcher sees end of file once the new program runs; if
+    ``exec`` fails, report the error with :func:`report_failure` as usual.
+    """
+    if is_pending():
+        _write("X\n")
+
+
+def close_in_child() -> None:
+    """Forget the launcher's pipe in a process forked by the daemon (a worker).
+
+    Call right after ``fork`` in every child: a worker that kept the pipe open would keep the
+    launcher waiting after the daemon itself died.  It never reports on the daemon's behalf.
+    """
+    global _report_fd, _report_pid, _ready_sent
+    if _report_fd is not None and _report_pid != os.getpid():
+        try:
+            os.close(_report_fd)
+        except OSError:
+            pass
+        _report_fd = None
+        _report_pid = None
+    _ready_sent = True
+
+
+# --- the launcher's side -------------------------------------------------------------------
+
+
+def wait_for_report(read_fd: int, timeout: float | None) -> StartupReport:
+    """Read the daemon's report from ``read_fd`` until end of file or ``timeout`` seconds.
+
+    The last report wins (``X`` followed by ``E`` means the exec failed).
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    buffer = b""
+    pid: int | None = None
+    state: StartupState | None = None
+    message = ""
+    status = 1
+    while True:
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        ready, _, _ = select.select([read_fd], [], [], remaining)
+        if not ready:
+            return StartupReport(
+                "timeout", pid, f"no start-up report within {timeout:g} s", 1
+            )
+        chunk = os.read(read_fd, 4096)
+        buffer += chunk
+        *lines, rest = buffer.split(b"\n")
+        buffer = rest
+        for raw in lines:
+            line = raw.decode("utf-8", "replace")
+            kind, _, arg = line.partition(" ")
+            if kind == "P" and arg.isdigit():
+                pid = int(arg)
+            elif kind == "R":
+                state, message, status = "ready", "daemon is ready", 0
+            elif kind == "X":
+                state, message, status = "exec", "program started", 0
+            elif kind == "E":
+                code, _, text = arg.partition(" ")
+                state, message = "failed", _unescape(text)
+                status = int(code) if code.isdigit() and int(code) > 0 else 1
+        if not chunk:
+            break
+        if state in ("ready", "failed"):
+            break
+    if state is None:
+        who = f"daemon (pid {pid})" if pid else "daemon"
+        return StartupReport("died", pid, f"{who} exited during start-up without a report", 1)
+    return StartupReport(state, pid, message, status)

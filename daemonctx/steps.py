@@ -1,0 +1,280 @@
+"""One small function per step of the detach sequence.
+
+Each function changes one aspect of the calling process and says why that matters for a daemon.
+They know nothing of :class:`~daemonctx.DaemonContext`, which calls them in order (see its
+``open()``), and they wrap operating-system failures in
+:class:`~daemonctx.DaemonOSEnvironmentError` / :class:`~daemonctx.DaemonProcessDetachError` with
+a message naming what was attempted.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import stat
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from typing import NoReturn
+
+from daemonctx.errors import DaemonOSEnvironmentError, DaemonProcessDetachError
+
+__all__ = [
+    "change_file_creation_mask",
+    "change_process_owner",
+    "change_root_directory",
+    "change_working_directory",
+    "close_inherited_fds",
+    "detach_process_context",
+    "detach_needed",
+    "ensure_standard_fds_open",
+    "flush_standard_streams",
+    "highest_open_fd",
+    "is_socket_fd",
+    "prevent_core_dump",
+    "redirect_stream",
+    "reset_inherited_signal_state",
+]
+
+# Signals whose disposition CPython itself sets at start-up; resetting them would change
+# Python's documented behaviour (BrokenPipeError instead of death by SIGPIPE).
+_PYTHON_MANAGED_SIGNALS = frozenset(
+    getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name)
+)
+_FD_DIRS = ("/proc/self/fd", "/dev/fd")
+
+
+def change_root_directory(directory: str) -> None:
+    """Make ``directory`` the process's root, so the daemon cannot see files outside it.
+
+    ``chdir`` comes first so the working directory is inside the new root: a process whose cwd
+    is outside its root can walk back out with ``..``.
+    """
+    try:
+        os.chdir(directory)
+        os.chroot(directory)
+    except OSError as exc:
+        raise DaemonOSEnvironmentError(
+            exc.errno, f"unable to change root directory to {directory!r}: {exc.strerror}"
+        ) from exc
+
+
+def prevent_core_dump() -> None:
+    """Set RLIMIT_CORE to zero, so a crash cannot write the daemon's memory (secrets) to disk."""
+    try:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except (OSError, ValueError) as exc:
+        raise DaemonOSEnvironmentError(f"unable to disable core dumps: {exc}") from exc
+
+
+def change_file_creation_mask(mask: int) -> None:
+    """Set the umask, so files the daemon creates get the permissions it asks for."""
+    os.umask(mask)
+
+
+def change_working_directory(directory: str) -> None:
+    """Change to ``directory``, so the daemon does not keep a filesystem busy (unmountable)."""
+    try:
+        os.chdir(directory)
+    except OSError as exc:
+        raise DaemonOSEnvironmentError(
+            exc.errno, f"unable to change working directory to {directory!r}: {exc.strerror}"
+        ) from exc
+
+
+def change_process_owner(uid: int, gid: int, groups: Sequence[int] | None) -> None:
+    """Drop privileges: supplementary groups, then the gid, then the uid (the only safe order).
+
+    ``groups`` is the complete supplementary list to set, ``[]`` for none; it is applied only
+    when running as root (only root may set it).  The gid is set before the uid because after
+    ``setuid`` an unprivileged process may no longer change its gid.  Real, effective and saved
+    ids are all set, so the daemon cannot regain the old ones.
+    """
+    try:
+        if groups is not None and os.geteuid() == 0:
+            os.setgroups(list(groups))
+        if (os.getgid(), os.getegid()) != (gid, gid) or os.geteuid() == 0:
+            os.setgid(gid)
+        os.setuid(uid)
+    except OSError as exc:
+        raise DaemonOSEnvironmentError(
+            exc.errno, f"unable to change process owner to uid {uid}, gid {gid}: {exc.strerror}"
+        ) from exc
+
+
+def flush_standard_streams() -> None:
+    """Flush Python's stdout/stderr, so text printed before forking is written exactly once.
+
+    Without this, buffered output is copied into every forked process and lost with the
+    redirected streams, or written twice.
+    """
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        if stream is None:
+            continue
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def ensure_standard_fds_open() -> None:
+    """Open ``/dev/null`` on any of fds 0-2 that is closed.
+
+    A launcher started with a closed stdio fd would otherwise hand that number to the next file
+    the library opens (a pipe, the pidfile), which redirecting stdio would then clobber.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd, inheritable=True)
+                os.close(null)
+            else:
+                os.set_inheritable(fd, True)
+
+
+def detach_process_context(
+    launcher: Callable[[int], NoReturn], before_fork: Callable[[], None] | None = None
+) -> None:
+    """Fork, ``setsid``, fork again: on return the caller is the daemon, in a new session.
+
+    The first fork makes a child that is not a process-group leader, so it may call ``setsid``
+    and lose the controlling terminal.  The second fork makes the daemon a non-leader of that
+    session, so it can never acquire a terminal again, and orphans it so init adopts it.
+
+    In the original process ``launcher(child_pid)`` is called and must not return: it waits for
+    the daemon's start-up report.  SIGHUP is blocked across the first fork and ``setsid`` so
+    that a launcher that leads a pty session (``ssh -t``, ``script``) cannot kill the child
+    with the hang-up sent when it exits; the daemon resets the mask later.
+    """
+    hup = {signal.SIGHUP}
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, hup)
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        raise DaemonProcessDetachError(exc.errno, f"failed first fork: {exc.strerror}") from exc
+    if pid > 0:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        launcher(pid)
+    try:
+        os.setsid()
+        if before_fork is not None:
+            before_fork()
+        pid = os.fork()
+    except OSError as exc:
+        # The intermediate child cannot raise into the caller's code: the launcher is waiting
+        # for a report on the pipe and sees it closed without a word.
+        os.write(2, f"daemonctx: failed second fork or setsid: {exc}\n".encode())
+        os._exit(1)
+    if pid > 0:
+        os._exit(0)
+
+
+def reset_inherited_signal_state(keep: Iterable[int] = ()) -> None:
+    """Unblock every signal and reset inherited ``SIG_IGN`` dispositions to the default.
+
+    A launcher (a shell, nohup, a CI runner) may have blocked or ignored signals; without this
+    the daemon would silently ignore SIGTERM or SIGHUP.  Signals in ``keep`` (those the signal
+    map sets next) and the ones CPython manages itself (SIGPIPE, SIGXFSZ) are left alone.
+    """
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    skip = set(keep) | _PYTHON_MANAGED_SIGNALS
+    for signum in signal.valid_signals():
+        if signum in skip or signum in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            if signal.getsignal(signum) == signal.SIG_IGN:
+                signal.signal(signum, signal.SIG_DFL)
+        except (OSError, ValueError):
+            continue  # real-time signals reserved by the C library
+
+
+def highest_open_fd() -> int | None:
+    """The highest open fd, read from ``/proc/self/fd`` (or ``/dev/fd``); None if unreadable."""
+    for directory in _FD_DIRS:
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        fds = [int(n) for n in names if n.isdigit()]
+        if fds:
+            return max(fds)
+    return None
+
+
+def close_inherited_fds(keep: Iterable[int], highest_hint: int | None = None) -> None:
+    """Close every fd above 2 that is not in ``keep``, in O(open fds).
+
+    The top of the range is the highest fd actually open (from ``/proc/self/fd``), not
+    RLIMIT_NOFILE: the limit may be huge (2**20 in containers), may have been lowered below an
+    open fd, or may have changed since import.  After a chroot without ``/proc``,
+    ``highest_hint`` (taken before the chroot, plus fds opened since) bounds the range.
+    ``os.closerange`` uses the ``close_range`` system call where the kernel has it.
+    """
+    highest = highest_open_fd()
+    if highest is None:
+        highest = highest_hint
+    if highest is None:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        highest = max(soft, hard if hard != resource.RLIM_INFINITY else soft, 1024) - 1
+    low = 3
+    for fd in sorted(set(keep)):
+        if fd < low:
+            continue
+        if fd > highest:
+            break
+        os.closerange(low, fd)
+        low = fd + 1
+    if low <= highest:
+        os.closerange(low, highest + 1)
+
+
+def redirect_stream(target_fd: int, stream_fd: int) -> None:
+    """Point standard stream ``stream_fd`` (0, 1 or 2) at ``target_fd``.
+
+    Done on the fd, not by rebinding ``sys.stdout``, so output from C extensions and child
+    processes goes to the same place.
+    """
+    if target_fd != stream_fd:
+        os.dup2(target_fd, stream_fd, inheritable=True)
+
+
+def is_socket_fd(fd: int) -> bool:
+    """True if ``fd`` is an open socket; False if it is closed or anything else."""
+    try:
+        return stat.S_ISSOCK(os.fstat(fd).st_mode)
+    except OSError:
+        return False
+
+
+def _parent_is_service_manager(ppid: int) -> bool:
+    if ppid == 1:
+        return True
+    try:
+        with open(f"/proc/{ppid}/comm", encoding="utf-8", errors="replace") as comm:
+            return comm.read().strip() == "systemd"
+    except OSError:
+        return False
+
+
+def detach_needed() -> bool:
+    """Decide whether the process should detach, for ``detach_process=None``.
+
+    It should not when something already supervises it in the foreground: init or systemd (ppid
+    1, or ``INVOCATION_ID``/``NOTIFY_SOCKET`` set by a service manager that is our parent), a
+    superserver such as inetd (stdin is a socket), or when it is pid 1 of a container (pid 1,
+    or ppid 0: its parent is outside the pid namespace).  Forking there would make the service
+    manager lose track of the main process.
+    """
+    if os.getpid() == 1:
+        return False
+    ppid = os.getppid()
+    if ppid in (0, 1):
+        return False
+    env = os.environ
+    if ("INVOCATION_ID" in env or "NOTIFY_SOCKET" in env) and _parent_is_service_manager(ppid):
+        return False
+    return not is_socket_fd(0)

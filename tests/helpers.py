@@ -1,0 +1,283 @@
+"""Process helpers shared by the test-suite.
+
+Tests start real processes and look at them from outside, through ``/proc/<pid>/`` and the files
+they write.  Everything here waits with a deadline: nothing sleeps to synchronise, and nothing
+that a test started is left behind (see :func:`kill_and_wait`).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+PYTHON = sys.executable
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_TIMEOUT = 15.0
+
+
+class WaitTimeoutError(AssertionError):
+    """A bounded wait in a test ran out."""
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = DEFAULT_TIMEOUT,
+             what: str = "condition") -> object:
+    """Return the first truthy result of ``predicate()``; fail after ``timeout`` seconds.
+
+    Used only for state that has no event to wait on (a file another process writes); the
+    interval grows from 1 ms so fast events are seen fast.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise WaitTimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def pid_exists(pid: int) -> bool:
+    """True if ``pid`` names a process that is not a zombie."""
+    try:
+        return proc_state(pid) != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def wait_pid_gone(pid: int, timeout: float = DEFAULT_TIMEOUT) -> None:
+    """Wait until ``pid`` (any process, not only our child) has exited.
+
+    Uses a pidfd, which becomes readable when the process exits: an event, not a poll.  A child
+    of ours is reaped as well.
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        if not ready:
+            raise WaitTimeoutError(f"pid {pid} still alive after {timeout} s")
+    finally:
+        os.close(fd)
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def kill_and_wait(pid: int | None, sig: int = signal.SIGKILL,
+                  timeout: float = DEFAULT_TIMEOUT) -> None:
+    """Signal ``pid`` and wait for it to be gone; a missing pid is fine (cleanup paths)."""
+    if pid is None:
+        return
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return
+    wait_pid_gone(pid, timeout)
+
+
+def kill_tree(pid: int | None, timeout: float = DEFAULT_TIMEOUT) -> None:
+    """SIGKILL ``pid`` and every descendant found through /proc, then wait for them all."""
+    if pid is None:
+        return
+    pids = [pid, *descendants(pid)]
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for p in pids:
+        wait_pid_gone(p, timeout)
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of ``pid``, read from /proc (all threads' children lists)."""
+    result: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return result
+    for tid in tasks:
+        try:
+            text = Path(f"/proc/{pid}/task/{tid}/children").read_text()
+        except FileNotFoundError:
+            continue
+        result.extend(int(x) for x in text.split())
+    return result
+
+
+def descendants(pid: int) -> list[int]:
+    """Every descendant of ``pid``, depth first."""
+    found: list[int] = []
+    for child in children_of(pid):
+        found.append(child)
+        found.extend(descendants(child))
+    return found
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    """The fields of ``/proc/<pid>/stat`` the tests look at."""
+
+    pid: int
+    state: str
+    ppid: int
+    pgrp: int
+    session: int
+    tty_nr: int
+
+
+def proc_stat(pid: int) -> ProcStat:
+    """Parse ``/proc/<pid>/stat`` (the command name may contain spaces and parentheses)."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    rest = text[text.rindex(")") + 2:].split()
+    return ProcStat(pid=pid, state=rest[0], ppid=int(rest[1]), pgrp=int(rest[2]),
+                    session=int(rest[3]), tty_nr=int(rest[4]))
+
+
+def proc_state(pid: int) -> str:
+    """The one-letter state of ``pid`` (``R``, ``S``, ``Z``...)."""
+    return proc_stat(pid).state
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    """``/proc/<pid>/status`` as a dict of field name to raw value."""
+    fields: dict[str, str] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.strip()
+    return fields
+
+
+def open_fds(pid: int) -> dict[int, str]:
+    """The open fds of ``pid`` with what each points to (``readlink`` of /proc/<pid>/fd/N)."""
+    result: dict[int, str] = {}
+    base = f"/proc/{pid}/fd"
+    for name in os.listdir(base):
+        try:
+            result[int(name)] = os.readlink(f"{base}/{name}")
+        except FileNotFoundError:
+            continue
+    return result
+
+
+def zombies_of(pid: int) -> list[int]:
+    """Children of ``pid`` that are zombies."""
+    return [c for c in children_of(pid) if _state_or_none(c) == "Z"]
+
+
+def _state_or_none(pid: int) -> str | None:
+    try:
+        return proc_state(pid)
+    except FileNotFoundError:
+        return None
+
+
+def write_script(directory: Path, body: str, name: str = "prog.py") -> Path:
+    """Write a dedented Python script that can import daemonctx from this checkout."""
+    path = directory / name
+    header = f"import sys\nsys.path.insert(0, {str(REPO)!r})\n"
+    path.write_text(header + textwrap.dedent(body))
+    return path
+
+
+def run_python(script: Path, *args: str, timeout: float = DEFAULT_TIMEOUT,
+               env: dict[str, str] | None = None,
+               **kwargs: object) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` with this interpreter and wait (bounded) for it to exit."""
+    return subprocess.run([PYTHON, str(script), *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, **kwargs)  # type: ignore[call-overload]
+
+
+def read_pid_file(path: Path, timeout: float = DEFAULT_TIMEOUT) -> int:
+    """Wait for ``path`` to hold a pid (written by a daemon) and return it."""
+    def read() -> int | None:
+        try:
+            text = path.read_text().strip()
+        except FileNotFoundError:
+            return None
+        return int(text) if text.isdigit() else None
+    return int(wait_for(read, timeout, f"a pid in {path}"))  # type: ignore[arg-type]
+
+
+def wait_file_text(path: Path, timeout: float = DEFAULT_TIMEOUT,
+                   predicate: Callable[[str], bool] = bool) -> str:
+    """Wait until ``path`` exists and its text satisfies ``predicate``; return the text."""
+    def read() -> str | None:
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None
+        return text if predicate(text) else None
+    return str(wait_for(read, timeout, f"text in {path}"))
+
+
+def assert_all_gone(pids: Iterable[int]) -> None:
+    """Fail if any of ``pids`` is still a live process."""
+    alive = [p for p in pids if pid_exists(p)]
+    assert not alive, f"processes left alive: {alive}"
+
+
+PROBE = REPO / "tests" / "probe_daemon.py"
+SUBREAPER = REPO / "tests" / "subreaper.py"
+
+
+def launch_probe(config: dict[str, object], spawned: list[int], pid_file: Path | None = None,
+                 *, env: dict[str, str] | None = None, stdin: int | None = None,
+                 timeout: float = DEFAULT_TIMEOUT) -> tuple[subprocess.CompletedProcess[str],
+                                                            int | None]:
+    """Run tests/probe_daemon.py as a launcher; return its result and the daemon's pid.
+
+    The daemon's pid (read from ``pid_file``, default ``config["pid_path"]``) is appended to
+    ``spawned`` so the fixture kills it whatever the test's outcome.
+    """
+    import json
+
+    result = subprocess.run([PYTHON, str(PROBE), json.dumps(config)], capture_output=True,
+                            text=True, timeout=timeout, env=env, stdin=stdin)
+    pid = None
+    if result.returncode == 0:
+        pid = read_pid_file(pid_file or Path(str(config["pid_path"])))
+        spawned.append(pid)
+    return result, pid
+
+
+class Subreaper:
+    """tests/subreaper.py running a command: learns the exit status of every descendant."""
+
+    def __init__(self, tmp: Path, command: list[str], spawned: list[int],
+                 env: dict[str, str] | None = None) -> None:
+        self.log = tmp / f"reaped-{time.monotonic_ns()}.log"
+        self.log.touch()
+        self.process = subprocess.Popen([PYTHON, str(SUBREAPER), str(self.log), *command],
+                                        env=env, stdin=subprocess.DEVNULL)
+        spawned.append(self.process.pid)
+
+    def statuses(self) -> dict[int, tuple[str, int]]:
+        """``{pid: ("exit", code) or ("signal", number)}`` of every process reaped so far."""
+        found: dict[int, tuple[str, int]] = {}
+        for line in self.log.read_text().splitlines():
+            pid, kind, value = line.split()
+            found[int(pid)] = (kind, int(value))
+        return found
+
+    def wait_status(self, pid: int, timeout: float = DEFAULT_TIMEOUT) -> tuple[str, int]:
+        """Wait until ``pid`` was reaped by the harness and return how it ended."""
+        wait_for(lambda: pid in self.statuses(), timeout, f"pid {pid} to be reaped")
+        return self.statuses()[pid]
+
+    def wait_exit(self, timeout: float = DEFAULT_TIMEOUT) -> int:
+        """Wait for the harness itself to finish (no descendant left)."""
+        return self.process.wait(timeout)
