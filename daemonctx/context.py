@@ -44,6 +44,7 @@ class _Plan:
     handlers: dict[int, Handler]
     keep_fds: set[int]
     stream_fds: list[int | None]
+    activation_fds: set[int] = field(default_factory=set)
     opened_fds: list[int] = field(default_factory=list)
     created_files: list[str] = field(default_factory=list)
 
@@ -277,6 +278,10 @@ class DaemonContext:
             if target is not None:
                 steps.redirect_stream(target, stream_fd)
         plan.close_opened()
+        if plan.activation_fds:
+            # The sockets systemd passed are ours still: keep daemonctx.systemd.listen_fds()
+            # (and any sd_listen_fds) working in the daemon, whose pid changed.
+            os.environ["LISTEN_PID"] = str(os.getpid())
         if self.pidfile is not None:
             self.pidfile.__enter__()
         self._is_open = True
@@ -315,9 +320,10 @@ class DaemonContext:
                 f"startup_timeout must be a positive number of seconds or None, not {timeout!r}"
             )
         handlers = _resolve_signal_map(self.signal_map, self)
-        keep = _preserved_fds(self.files_preserve)
-        keep |= _logging_fds() | _socket_activation_fds()
-        plan = _Plan(chroot, workdir, umask, uid, gid, groups, detach, handlers, keep, [])
+        activation = _socket_activation_fds()
+        keep = _preserved_fds(self.files_preserve) | _logging_fds() | activation
+        plan = _Plan(chroot, workdir, umask, uid, gid, groups, detach, handlers, keep, [],
+                     activation)
         try:
             self._check_pidfile(plan)
             self._prepare_streams(plan)

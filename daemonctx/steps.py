@@ -251,7 +251,7 @@ def is_socket_fd(fd: int) -> bool:
 
 
 def _parent_is_service_manager(ppid: int) -> bool:
-    if ppid == 1:
+    if ppid == 1 or os.environ.get("MANAGERPID") == str(ppid):
         return True
     try:
         with open(f"/proc/{ppid}/comm", encoding="utf-8", errors="replace") as comm:

@@ -221,7 +221,7 @@ def test_stray_fd_closed_when_limit_raised_after_import(tmp_path, spawned):
     config = {"pid_path": str(tmp_path / "pid"), "nofile": [HARD_NOFILE, HARD_NOFILE],
               "stray_fds": [HARD_NOFILE - 100]}
     env = dict(os.environ)
-    result = subprocess.run(["sh", "-c", f'ulimit -Sn 256 && exec "$@"', "sh", PYTHON,
+    result = subprocess.run(["sh", "-c", 'ulimit -Sn 256 && exec "$@"', "sh", PYTHON,
                              str(Path(__file__).parent / "probe_daemon.py"),
                              __import__("json").dumps(config)],
                             capture_output=True, text=True, timeout=15, env=env)
@@ -262,18 +262,23 @@ def test_logging_file_handler_keeps_working_in_the_daemon(tmp_path, spawned):
 
 def test_text_printed_before_open_is_written_once(tmp_path, spawned):
     config = {"pid_path": str(tmp_path / "pid"), "print_before": "printed before open"}
-    result, pid = launch_probe(config, spawned)  # stdout is a pipe: block-buffered
+    result, _ = launch_probe(config, spawned)  # stdout is a pipe: block-buffered
     assert result.stdout == "printed before open\n"
 
 
 # --- detach auto-detection --------------------------------------------------------------
 
 
+_REPO = str(Path(__file__).parent.parent)
+
+
+def _decision_code(expression: str = "daemonctx.DaemonContext().detach_process") -> str:
+    return f"import sys, os; sys.path.insert(0, {_REPO!r}); import daemonctx; print({expression})"
+
+
 def _detach_decision(env: dict[str, str] | None = None, **kwargs: object) -> str:
-    code = ("import sys; sys.path.insert(0, %r); import daemonctx; "
-            "print(daemonctx.DaemonContext().detach_process)" % str(Path(__file__).parent.parent))
-    result = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=15,
-                            env=env, **kwargs)  # type: ignore[call-overload]
+    result = subprocess.run([PYTHON, "-c", _decision_code()], capture_output=True, text=True,
+                            timeout=15, env=env, **kwargs)  # type: ignore[call-overload]
     assert result.returncode == 0, result.stderr
     return str(result.stdout.strip())
 
@@ -291,9 +296,7 @@ def test_no_detach_when_stdin_is_a_socket_as_under_inetd():
 
 
 def test_detach_decision_survives_closed_stdin():
-    code = ("import sys, os; sys.path.insert(0, %r); import daemonctx; "
-            "print(daemonctx.DaemonContext().detach_process)" % str(Path(__file__).parent.parent))
-    result = subprocess.run(["sh", "-c", f'exec "$@" <&-', "sh", PYTHON, "-c", code],
+    result = subprocess.run(["sh", "-c", 'exec "$@" <&-', "sh", PYTHON, "-c", _decision_code()],
                             capture_output=True, text=True, timeout=15)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "True"
@@ -301,9 +304,7 @@ def test_detach_decision_survives_closed_stdin():
 
 def test_no_detach_under_a_service_manager_parent(tmp_path, spawned):
     out = tmp_path / "decision"
-    code = ("import sys; sys.path.insert(0, %r); import daemonctx; "
-            "open(%r, 'w').write(str(daemonctx.DaemonContext().detach_process))"
-            % (str(Path(__file__).parent.parent), str(out)))
+    code = _decision_code().replace("print(", f"open({str(out)!r}, 'w').write(str(") + ")"
     env = dict(os.environ, INVOCATION_ID="0123456789abcdef", SUBREAPER_COMM="systemd")
     reaper = Subreaper(tmp_path, [PYTHON, "-c", code], spawned, env=env)
     assert reaper.wait_exit() is not None
@@ -316,9 +317,7 @@ def test_detach_when_service_manager_variables_leak_into_a_shell():
 
 
 def test_no_detach_as_pid_one_of_a_pid_namespace():
-    code = ("import sys, os; sys.path.insert(0, %r); import daemonctx; "
-            "print(os.getpid(), daemonctx.DaemonContext().detach_process)"
-            % str(Path(__file__).parent.parent))
+    code = _decision_code("os.getpid(), daemonctx.DaemonContext().detach_process")
     result = subprocess.run(["unshare", "--fork", "--pid", "--mount-proc", PYTHON, "-c", code],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
@@ -383,7 +382,7 @@ def test_open_and_close_are_idempotent_without_detach(tmp_path):
     ctx = daemonctx.DaemonContext(detach_process=False, working_directory=str(tmp_path),
                                   pidfile=daemonctx.PIDFile(pidfile), prevent_core=False,
                                   stdin=sys.stdin, stdout=sys.stdout, stderr=sys.stderr,
-                                  files_preserve=range(3, 1024))
+                                  files_preserve=list(open_fds(os.getpid())))
     ctx.open()
     ctx.open()
     assert ctx.is_open
@@ -420,7 +419,8 @@ BAD_OPTIONS = [
 @pytest.mark.forked
 @pytest.mark.parametrize(("options", "message"), BAD_OPTIONS)
 def test_bad_option_raises_naming_it_before_forking(options, message, tmp_path):
-    before_cwd, before_umask = os.getcwd(), os.umask(0o022)
+    before_cwd = os.getcwd()
+    os.umask(0o022)
     before_fds = set(open_fds(os.getpid()))
     ctx = daemonctx.DaemonContext(**options)
     with pytest.raises(daemonctx.DaemonError) as caught:
@@ -445,8 +445,8 @@ def test_failed_start_removes_the_log_file_it_created(tmp_path):
 
 @pytest.mark.forked
 def test_closed_fd_in_files_preserve_file_object_is_rejected(tmp_path):
-    f = open(tmp_path / "f", "w")
-    f.close()
+    with open(tmp_path / "f", "w") as f:
+        pass
     with pytest.raises(daemonctx.DaemonOptionError, match="files_preserve"):
         daemonctx.DaemonContext(files_preserve=[f]).open()
 

@@ -1,0 +1,224 @@
+"""The launching shell learns whether the daemon really started (issue: truthful start-up).
+
+Each test runs a real launcher and looks at its exit status and stderr, then at what is left.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from tests.helpers import (
+    PYTHON,
+    launch_probe,
+    pid_exists,
+    read_pid_file,
+    wait_for,
+    wait_pid_gone,
+    write_script,
+)
+
+APP = """
+import os, sys, time, signal
+import daemonctx
+
+mode, rundir = sys.argv[1], sys.argv[2]
+ctx = daemonctx.DaemonContext(defer_ready=True, startup_timeout=float(sys.argv[3]),
+                              pidfile=daemonctx.PIDFile(os.path.join(rundir, "app.pid")))
+with ctx:
+    open(os.path.join(rundir, "daemon.pid"), "w").write(str(os.getpid()))
+    if mode == "raise":
+        raise RuntimeError("cannot parse /etc/app.conf line 3")
+    if mode == "exit3":
+        sys.exit(3)
+    if mode == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if mode == "slow":
+        time.sleep(60)
+    ctx.notify_ready()
+    while True:
+        signal.pause()
+"""
+
+
+def _launch(tmp_path: Path, mode: str, timeout: float = 15.0) -> subprocess.CompletedProcess[str]:
+    script = write_script(tmp_path, APP, "app.py")
+    return subprocess.run([PYTHON, str(script), mode, str(tmp_path), str(timeout)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def _daemon_pid(tmp_path: Path) -> int | None:
+    path = tmp_path / "daemon.pid"
+    return int(path.read_text()) if path.exists() else None
+
+
+def test_success_exits_zero_once_the_daemon_declared_ready(tmp_path, spawned):
+    result = _launch(tmp_path, "ok")
+    pid = read_pid_file(tmp_path / "app.pid")
+    spawned.append(pid)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert pid_exists(pid)
+    assert _daemon_pid(tmp_path) == pid
+
+
+def test_exception_before_ready_reaches_the_launcher(tmp_path, spawned):
+    result = _launch(tmp_path, "raise")
+    pid = _daemon_pid(tmp_path)
+    assert result.returncode == 1
+    assert "RuntimeError: cannot parse /etc/app.conf line 3" in result.stderr
+    assert pid is not None
+    wait_pid_gone(pid)
+    assert not (tmp_path / "app.pid").exists(), "the failed daemon left its pidfile"
+
+
+def test_exit_status_before_ready_becomes_the_launchers(tmp_path):
+    result = _launch(tmp_path, "exit3")
+    assert result.returncode == 3
+    assert "exited with status 3 before it was ready" in result.stderr
+
+
+def test_daemon_killed_during_startup_fails_the_launcher(tmp_path):
+    result = _launch(tmp_path, "sigkill")
+    assert result.returncode != 0
+    assert "exited during start-up without a report" in result.stderr
+    pid = _daemon_pid(tmp_path)
+    assert pid is not None
+    wait_pid_gone(pid)  # killed: gone once init reaps it
+
+
+def test_startup_slower_than_timeout_fails_and_stops_the_daemon(tmp_path, spawned):
+    result = _launch(tmp_path, "slow", timeout=0.5)
+    assert result.returncode == 1
+    pid = _daemon_pid(tmp_path)
+    assert pid is not None
+    spawned.append(pid)
+    assert f"daemon (pid {pid}) did not report readiness in time" in result.stderr
+    wait_pid_gone(pid)
+
+
+def test_second_start_fails_naming_the_running_pid(tmp_path, spawned):
+    pidfile = tmp_path / "app.pid"
+    config = {"pid_path": str(tmp_path / "pid"), "options": {"pidfile": str(pidfile)}}
+    first, pid = launch_probe(config, spawned)
+    assert first.returncode == 0 and pid is not None
+    second, _ = launch_probe(dict(config, pid_path=str(tmp_path / "pid2")), spawned)
+    assert second.returncode != 0
+    assert f"held by pid {pid}" in second.stderr
+    assert "PIDFileLockedError" in second.stderr
+    assert int(pidfile.read_text()) == pid
+
+
+def test_second_start_losing_the_race_after_fork_reports_the_holder(tmp_path, spawned):
+    # the pidfile is taken by another process between the launcher's check and the daemon's
+    # acquire: simulate by a pidfile object whose preflight check is skipped
+    pidfile = tmp_path / "app.pid"
+    holder = write_script(tmp_path, f"""
+import daemonctx, signal, sys
+lock = daemonctx.PIDFile({str(pidfile)!r})
+lock.acquire()
+print("locked", flush=True)
+signal.pause()
+""", "holder.py")
+    proc = subprocess.Popen([PYTHON, str(holder)], stdout=subprocess.PIPE, text=True)
+    spawned.append(proc.pid)
+    assert proc.stdout is not None and proc.stdout.readline() == "locked\n"
+    script = write_script(tmp_path, f"""
+import daemonctx
+class NoPreflight(daemonctx.PIDFile):
+    preflight = None
+with daemonctx.DaemonContext(pidfile=NoPreflight({str(pidfile)!r})):
+    pass
+""", "late.py")
+    result = subprocess.run([PYTHON, str(script)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert f"daemon failed to start: PIDFileLockedError: pidfile {pidfile} is held by pid " \
+           f"{proc.pid}" in result.stderr
+    proc.kill()
+    proc.wait(10)
+
+
+def test_pidfile_directory_not_writable_for_target_user_fails_before_fork(tmp_path, world_dir):
+    rundir = tmp_path / "run"  # root-owned 0755: nobody cannot create files here
+    rundir.mkdir(mode=0o755)
+    script = write_script(world_dir, f"""
+import os, daemonctx
+try:
+    pidfile = daemonctx.PIDFile({str(rundir / 'a.pid')!r})
+    daemonctx.DaemonContext(uid="nobody", pidfile=pidfile).open()
+except daemonctx.DaemonError as exc:
+    print(type(exc).__name__, exc, os.listdir('/proc/self/task/%d' % os.getpid()) and
+          open('/proc/self/task/%d/children' % os.getpid()).read().strip() or 'no-children')
+    raise SystemExit(2)
+""")
+    result = subprocess.run([PYTHON, str(script)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert "PIDFileLockFailedError" in result.stdout
+    assert str(rundir) in result.stdout
+    assert result.stdout.rstrip().endswith("no-children")
+    assert list(rundir.iterdir()) == []
+
+
+# --- pid 1 of a container ----------------------------------------------------------------
+
+PID1_APP = """
+import os, sys, time, signal
+import daemonctx
+
+out = sys.argv[1]
+with daemonctx.DaemonContext(stdout=out + ".log", stderr=out + ".log"):
+    assert os.getppid() == 1, os.getppid()
+    pid_r, pid_w = os.pipe()
+    go_r, go_w = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        orphan = os.fork()
+        if orphan == 0:
+            os.read(go_r, 1)   # wait until our parent is gone: we are an orphan now
+            os._exit(0)
+        os.write(pid_w, str(orphan).encode())
+        os._exit(0)
+    os.waitpid(middle, 0)
+    orphan = int(os.read(pid_r, 64))
+    os.write(go_w, b"x")        # let the orphan (now a child of pid 1) exit
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{orphan}") and time.monotonic() < deadline:
+        time.sleep(0.01)     # inside the namespace: nothing else to wait on for a non-child
+    state = "reaped" if not os.path.exists(f"/proc/{orphan}") else "zombie"
+    with open(out, "w") as f:
+        f.write(f"{os.getpid()} {state}")
+    if len(sys.argv) > 2:
+        while True:
+            signal.pause()
+"""
+
+
+def test_as_pid_one_no_detach_and_orphans_are_reaped(tmp_path):
+    script = write_script(tmp_path, PID1_APP, "pid1.py")
+    out = tmp_path / "result"
+    result = subprocess.run(["unshare", "--fork", "--pid", "--mount-proc", PYTHON, str(script),
+                             str(out)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr + (tmp_path / "result.log").read_text()
+    pid, state = out.read_text().split()
+    assert pid == "2", "the application runs under a minimal init that stays pid 1"
+    assert state == "reaped"
+
+
+def test_as_pid_one_sigterm_is_forwarded_and_exit_status_kept(tmp_path, spawned):
+    script = write_script(tmp_path, PID1_APP, "pid1.py")
+    out = tmp_path / "result"
+    proc = subprocess.Popen(["unshare", "--fork", "--pid", "--mount-proc", PYTHON, str(script),
+                             str(out), "wait"])
+    spawned.append(proc.pid)
+    wait_for(out.exists, 30, "the application in the namespace")
+    init = wait_for(lambda: _children(proc.pid), 10, "unshare's child")
+    os.kill(init[0], signal.SIGTERM)  # type: ignore[index]
+    assert proc.wait(30) == 0
+
+
+def _children(pid: int) -> list[int]:
+    from tests.helpers import children_of
+
+    return children_of(pid)
