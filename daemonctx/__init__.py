@@ -11,9 +11,6 @@ pidfile does not pay for importing them.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
-
 from daemonctx.errors import (
     DaemonError,
     DaemonOptionError,
@@ -24,7 +21,12 @@ from daemonctx.errors import (
 
 __version__ = "0.1.0"
 
+# Not `from typing import TYPE_CHECKING`: importing typing costs more than the rest of the
+# package, and type checkers treat any name TYPE_CHECKING as true.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from daemonctx.context import DaemonContext
     from daemonctx.handshake import StartupReport, notify_ready
     from daemonctx.pidfile import (
@@ -93,7 +95,7 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'daemonctx' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(__import__(module, fromlist=[name]), name)
     globals()[name] = value
     return value
 

@@ -10,43 +10,55 @@ from __future__ import annotations
 import atexit
 import os
 import pwd
-import signal
 import sys
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from types import FrameType, TracebackType
-from typing import IO, Any, NoReturn
 
 from daemonctx import handshake, steps
 from daemonctx.errors import DaemonError, DaemonOptionError
-from daemonctx.signals import Handler, default_signal_map, install_signal_handlers
+from daemonctx.signals import default_signal_map, install_signal_handlers
 from daemonctx.signals import resolve_signal_map as _resolve_signal_map
 
-__all__ = ["DaemonContext"]
+TYPE_CHECKING = False  # see daemonctx/__init__.py: typing is not imported at run time
+if TYPE_CHECKING:
+    import signal
+else:
+    try:  # the C module behind `signal`: the same functions, without importing enum
+        import _signal as signal
+    except ImportError:  # pragma: no cover - other interpreters
+        import signal
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+    from types import FrameType, TracebackType
+    from typing import IO, Any, NoReturn
 
-StreamTarget = IO[Any] | str | os.PathLike[str] | int | None
+    from daemonctx.signals import Handler
+
+    StreamTarget = IO[Any] | str | os.PathLike[str] | int | None
+
+__all__ = ["DaemonContext"]
 _STREAM_NAMES = ("stdin", "stdout", "stderr")
 # Signals the pid-1 reaper passes on to the application (see _run_as_init).
 _FORWARDED_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH")
 
 
-@dataclass
 class _Plan:
     """Every option resolved and checked, before the first step changes anything."""
 
-    chroot: str | None
-    workdir: str
-    umask: int
-    uid: int
-    gid: int
-    groups: list[int] | None
-    detach: bool
-    handlers: dict[int, Handler]
-    keep_fds: set[int]
-    stream_fds: list[int | None]
-    activation_fds: set[int] = field(default_factory=set)
-    opened_fds: list[int] = field(default_factory=list)
-    created_files: list[str] = field(default_factory=list)
+    def __init__(self, chroot: str | None, workdir: str, umask: int, uid: int, gid: int,
+                 groups: list[int] | None, detach: bool, handlers: dict[int, Handler],
+                 keep_fds: set[int], activation_fds: set[int]) -> None:
+        self.chroot = chroot
+        self.workdir = workdir
+        self.umask = umask
+        self.uid = uid
+        self.gid = gid
+        self.groups = groups
+        self.detach = detach
+        self.handlers = handlers
+        self.keep_fds = keep_fds
+        self.activation_fds = activation_fds
+        self.stream_fds: list[int | None] = []
+        self.opened_fds: list[int] = []
+        self.created_files: list[str] = []
 
     def close_opened(self) -> None:
         for fd in self.opened_fds:
@@ -322,7 +334,7 @@ class DaemonContext:
         handlers = _resolve_signal_map(self.signal_map, self)
         activation = _socket_activation_fds()
         keep = _preserved_fds(self.files_preserve) | _logging_fds() | activation
-        plan = _Plan(chroot, workdir, umask, uid, gid, groups, detach, handlers, keep, [],
+        plan = _Plan(chroot, workdir, umask, uid, gid, groups, detach, handlers, keep,
                      activation)
         try:
             self._check_pidfile(plan)
@@ -501,11 +513,15 @@ def _fd_of(name: str, item: object) -> int:
 def _preserved_fds(files_preserve: object) -> set[int]:
     if files_preserve is None:
         return set()
-    if isinstance(files_preserve, (str, bytes)) or not isinstance(files_preserve, Iterable):
+    try:
+        if isinstance(files_preserve, (str, bytes)):
+            raise TypeError
+        items = list(files_preserve)  # type: ignore[call-overload]
+    except TypeError:
         raise DaemonOptionError(
             f"files_preserve must be an iterable of fds or file objects, not {files_preserve!r}"
-        )
-    return {_fd_of("files_preserve", item) for item in list(files_preserve) if item is not None}
+        ) from None
+    return {_fd_of("files_preserve", item) for item in items if item is not None}
 
 
 def _logging_fds() -> set[int]:
@@ -615,7 +631,9 @@ def _explain_death(report: handshake.StartupReport) -> handshake.StartupReport:
         return report
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
-        text = f"killed by signal {sig} ({signal.Signals(sig).name})"
+        import signal as signal_module
+
+        text = f"killed by signal {sig} ({signal_module.Signals(sig).name})"
         code = 128 + sig
     else:
         code = os.waitstatus_to_exitcode(status)

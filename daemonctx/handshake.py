@@ -21,8 +21,12 @@ from __future__ import annotations
 import os
 import select
 import time
-from dataclasses import dataclass
-from typing import Literal
+
+TYPE_CHECKING = False  # see daemonctx/__init__.py: typing is not imported at run time
+if TYPE_CHECKING:
+    from typing import Literal
+
+    StartupState = Literal["ready", "exec", "failed", "died", "timeout"]
 
 __all__ = [
     "StartupReport",
@@ -32,10 +36,6 @@ __all__ = [
     "report_failure",
 ]
 
-StartupState = Literal["ready", "exec", "failed", "died", "timeout"]
-
-
-@dataclass(frozen=True)
 class StartupReport:
     """What the launcher learned about the daemon's start-up.
 
@@ -46,10 +46,26 @@ class StartupReport:
     exit with.
     """
 
-    state: StartupState
-    pid: int | None
-    message: str
-    exit_status: int
+    __slots__ = ("exit_status", "message", "pid", "state")
+
+    def __init__(self, state: StartupState, pid: int | None, message: str,
+                 exit_status: int) -> None:
+        self.state: StartupState = state
+        self.pid = pid
+        self.message = message
+        self.exit_status = exit_status
+
+    def __repr__(self) -> str:
+        return (f"StartupReport(state={self.state!r}, pid={self.pid!r}, "
+                f"message={self.message!r}, exit_status={self.exit_status!r})")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StartupReport):
+            return NotImplemented
+        return (self.state, self.pid, self.message, self.exit_status) == (
+            other.state, other.pid, other.message, other.exit_status)
+
+    __hash__ = None  # type: ignore[assignment]
 
     @property
     def ok(self) -> bool:

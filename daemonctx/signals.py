@@ -8,16 +8,25 @@ typo is an error the caller sees instead of a daemon that dies unseen.
 
 from __future__ import annotations
 
-import signal
-from collections.abc import Callable, Mapping
-from types import FrameType
-from typing import Any
-
 from daemonctx.errors import DaemonOptionError
+
+TYPE_CHECKING = False  # see daemonctx/__init__.py: typing is not imported at run time
+if TYPE_CHECKING:
+    import signal
+else:
+    try:  # the C module behind `signal`: the same functions, without importing enum
+        import _signal as signal
+    except ImportError:  # pragma: no cover - other interpreters
+        import signal
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from types import FrameType
+    from typing import Any
+
+    Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 __all__ = ["Handler", "default_signal_map", "install_signal_handlers", "resolve_signal_map"]
 
-Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 _UNCATCHABLE = frozenset({signal.SIGKILL, signal.SIGSTOP})
 
 
@@ -36,7 +45,9 @@ def _signal_number(key: object) -> int:
         name = key.upper()
         if not name.startswith("SIG"):
             name = "SIG" + name
-        number = getattr(signal.Signals, name, None)
+        import signal as signal_module  # names are rare: pay for the enum only here
+
+        number = getattr(signal_module.Signals, name, None)
         if number is None:
             raise DaemonOptionError(f"signal_map: unknown signal name {key!r}")
         return int(number)
@@ -49,6 +60,16 @@ def _signal_number(key: object) -> int:
     return int(key)
 
 
+def _signal_name(signum: int) -> str:
+    """The signal's name, for error messages only (it imports the enum-based module)."""
+    import signal as signal_module
+
+    try:
+        return signal_module.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
 def resolve_signal_map(signal_map: Mapping[Any, object], owner: object) -> dict[int, Handler]:
     """Turn a signal map into ``{signum: handler}`` ready for :func:`signal.signal`.
 
@@ -56,24 +77,26 @@ def resolve_signal_map(signal_map: Mapping[Any, object], owner: object) -> dict[
     :class:`~daemonctx.DaemonOptionError` naming the entry for an unknown signal, SIGKILL or
     SIGSTOP, an unknown method name or a target that is not callable.
     """
-    if not isinstance(signal_map, Mapping):
+    if not callable(getattr(signal_map, "items", None)):
         raise DaemonOptionError(
             f"signal_map must be a mapping of signal number to handler, not {signal_map!r}"
         )
     resolved: dict[int, Handler] = {}
     for key, target in signal_map.items():
         signum = _signal_number(key)
-        name = signal.Signals(signum).name
         if signum in _UNCATCHABLE:
-            raise DaemonOptionError(f"signal_map: {name} cannot be caught or ignored")
+            raise DaemonOptionError(
+                f"signal_map: {_signal_name(signum)} cannot be caught or ignored"
+            )
         handler: Handler
         if target is None:
             handler = signal.SIG_IGN
         elif isinstance(target, str):
             method = getattr(owner, target, None)
             if method is None or not callable(method):
+                owner_name = type(owner).__name__
                 raise DaemonOptionError(
-                    f"signal_map[{name}]: {type(owner).__name__} has no method {target!r}"
+                    f"signal_map[{_signal_name(signum)}]: {owner_name} has no method {target!r}"
                 )
             handler = method
         elif target in (signal.SIG_DFL, signal.SIG_IGN):
@@ -82,7 +105,8 @@ def resolve_signal_map(signal_map: Mapping[Any, object], owner: object) -> dict[
             handler = target
         else:
             raise DaemonOptionError(
-                f"signal_map[{name}]: {target!r} is not callable, a method name or None"
+                f"signal_map[{_signal_name(signum)}]: {target!r} is not callable, "
+                "a method name or None"
             )
         resolved[signum] = handler
     return resolved

@@ -11,13 +11,22 @@ from __future__ import annotations
 
 import os
 import resource
-import signal
 import stat
 import sys
-from collections.abc import Callable, Iterable, Sequence
-from typing import NoReturn
 
 from daemonctx.errors import DaemonOSEnvironmentError, DaemonProcessDetachError
+
+TYPE_CHECKING = False  # see daemonctx/__init__.py: typing is not imported at run time
+if TYPE_CHECKING:
+    import signal
+else:
+    try:  # the C module behind `signal`: the same functions, without importing enum
+        import _signal as signal
+    except ImportError:  # pragma: no cover - other interpreters
+        import signal
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
+    from typing import NoReturn
 
 __all__ = [
     "change_file_creation_mask",
