@@ -44,6 +44,8 @@ if TYPE_CHECKING:
         Supervisor,
         SupervisorError,
         fork_processes,
+        notify_worker_ready,
+        parent_death_fd,
         task_id,
     )
 
@@ -63,6 +65,8 @@ _LAZY = {
     "Supervisor": "daemonctx.supervisor",
     "SupervisorError": "daemonctx.supervisor",
     "fork_processes": "daemonctx.supervisor",
+    "notify_worker_ready": "daemonctx.supervisor",
+    "parent_death_fd": "daemonctx.supervisor",
     "task_id": "daemonctx.supervisor",
 }
 
@@ -87,6 +91,8 @@ __all__ = [
     "fork_processes",
     "holder_pid",
     "notify_ready",
+    "notify_worker_ready",
+    "parent_death_fd",
     "task_id",
 ]
 

@@ -33,7 +33,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import daemonctx  # noqa: E402
+import daemonctx
 
 
 def main() -> None:
