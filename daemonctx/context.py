@@ -332,6 +332,11 @@ class DaemonContext:
                 f"startup_timeout must be a positive number of seconds or None, not {timeout!r}"
             )
         handlers = _resolve_signal_map(self.signal_map, self)
+        if "NOTIFY_SOCKET" in os.environ:
+            # Loaded now: after a chroot or a privilege drop the daemon may not be able to
+            # read the Python installation, and READY=1 / STOPPING=1 are sent from there.
+            __import__("daemonctx.systemd")
+            __import__("socket")
         activation = _socket_activation_fds()
         keep = _preserved_fds(self.files_preserve) | _logging_fds() | activation
         plan = _Plan(chroot, workdir, umask, uid, gid, groups, detach, handlers, keep,
@@ -631,9 +636,7 @@ def _explain_death(report: handshake.StartupReport) -> handshake.StartupReport:
         return report
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
-        import signal as signal_module
-
-        text = f"killed by signal {sig} ({signal_module.Signals(sig).name})"
+        text = f"killed by signal {sig} ({signal.strsignal(sig)})"
         code = 128 + sig
     else:
         code = os.waitstatus_to_exitcode(status)

@@ -579,7 +579,14 @@ class Supervisor:
         self._wakeup_installed = True
         self._ready_r, self._ready_w = self._internal_pipe(blocking=False)
         self._death_r, self._death_w = self._internal_pipe(blocking=True)
-        # Everything a worker needs is loaded here, once, so a fork costs no import.
+        # Everything a worker needs is loaded here, once, so a fork costs no import, and a
+        # master inside a chroot (or running as a user who cannot read the Python installation)
+        # never has to import a module later: logging a crash would fail there.
+        for module in ("logging", "traceback", "importlib"):
+            __import__(module)
+        if "NOTIFY_SOCKET" in os.environ:
+            __import__("daemonctx.systemd")
+            __import__("socket")
         from daemonctx import handshake
         self._handshake = handshake
         self._set_pdeathsig = _load_pdeathsig_setter()

@@ -77,3 +77,26 @@ def test_socket_activation_fds_survive_the_detach_and_still_work(tmp_path, spawn
     with socket.create_connection(("127.0.0.1", port), timeout=15) as conn:
         assert conn.recv(100).decode() == f"served by {pid}"
     wait_pid_gone(pid)
+
+
+def test_ready_reaches_systemd_after_dropping_to_a_user_who_cannot_read_python(world_dir,
+                                                                               spawned):
+    # Here the interpreter lives under /root (mode 0700): nobody cannot import anything, so
+    # everything READY=1 needs must be loaded before the privilege drop.
+    notify_path = world_dir / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        manager.bind(str(notify_path))
+        os.chmod(notify_path, 0o666)
+        manager.settimeout(15)
+        script = write_script(world_dir, APP.replace("DaemonContext()",
+                                                     "DaemonContext(uid='nobody')"))
+        env = dict(os.environ, NOTIFY_SOCKET=str(notify_path), INVOCATION_ID="f" * 32,
+                   SUBREAPER_COMM="systemd")
+        harness = Subreaper(world_dir, [PYTHON, str(script), str(world_dir / "pid")], spawned,
+                            env=env)
+        pid = read_pid_file(world_dir / "pid")
+        spawned.append(pid)
+        assert "READY=1" in manager.recv(4096).decode().split("\n")
+        os.kill(pid, signal.SIGTERM)
+        assert manager.recv(4096).decode().split("\n") == ["STOPPING=1"]
+        assert harness.wait_status(pid) == ("exit", 0)

@@ -1,0 +1,1102 @@
+"""The ``daemonctx`` command: start, stop, restart, reload, signal and ask the status of a program.
+
+``daemonctx start --pidfile PATH [options] -- COMMAND [ARG...]`` turns any program into a
+daemon: it validates every option, detaches with :class:`~daemonctx.DaemonContext`, and
+``exec``\\ s the command in the daemon, which keeps holding the pidfile's lock (the lock's
+descriptor is inherited across ``exec``; the pid does not change).  The launching ``daemonctx``
+waits and exits 0 only once the program runs -- and, with ``--notify``, once it has sent
+``READY=1`` on a ``NOTIFY_SOCKET`` that daemonctx provides (start-stop-daemon's
+``--notify-await``).  ``stop``, ``status``, ``reload`` and ``signal`` find the daemon through
+the pidfile's lock (:mod:`daemonctx.runner`), so a recycled pid is never signalled.
+
+Exit codes (start-stop-daemon's, and LSB's for ``status``):
+
+=========  ===========================================================================
+start      0 running; 1 already running (0 with ``--oknodo``); 3 not started
+           (bad input, command not found, exited during start-up, no READY in time)
+stop       0 stopped; 1 was not running (0 with ``--oknodo``); 2 still running after
+           the schedule; 3 error (bad input, not permitted)
+restart    as stop (2, 3) if stopping fails, else as start
+reload,    0 signal sent; 1 not running; 3 error
+signal
+status     0 running; 1 not running but the pidfile exists; 3 not running; 4 unknown
+           (including bad input)
+=========  ===========================================================================
+
+Errors are one line on stderr, never a traceback.  ``import daemonctx.cli`` imports nothing
+heavy: :mod:`argparse`, the context and the pidfile are imported when a command runs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NamedTuple, NoReturn
+
+from daemonctx.errors import DaemonError, DaemonOptionError
+
+if TYPE_CHECKING:
+    import argparse
+    import socket
+
+    from daemonctx.context import DaemonContext
+    from daemonctx.handshake import StartupReport
+    from daemonctx.pidfile import PIDFile
+    from daemonctx.runner import StopSchedule
+
+__all__ = ["EXIT_ERROR", "EXIT_NOTHING_DONE", "EXIT_OK", "EXIT_STILL_RUNNING", "main"]
+
+PROG = "daemonctx"
+EXIT_OK = 0
+"""The action was performed (started, stopped, signal sent)."""
+EXIT_NOTHING_DONE = 1
+"""Nothing to do: already running (start) or not running (stop, reload, signal)."""
+EXIT_STILL_RUNNING = 2
+"""stop: the daemon was still running when the schedule ran out."""
+EXIT_ERROR = 3
+"""Anything else: bad input, not permitted, the program did not start."""
+STATUS_UNKNOWN = 4
+
+COMMANDS = ("start", "stop", "restart", "status", "reload", "signal")
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_UMASK = 0o022
+DEFAULT_START_TIMEOUT = 60.0
+DEFAULT_SETTLE = 0.5
+DEFAULT_STOP_TIMEOUT = 30.0
+DEFAULT_KILL_TIMEOUT = 5.0
+# After a failed start the program gets this long to exit on SIGTERM before SIGKILL.
+_STOP_GRACE = 5.0
+# The program's copy of the pidfile descriptor is moved at or above this number, out of the
+# range (0-9) that shell redirections such as `exec 3>file` use, so a wrapper script does not
+# close the lock by accident.
+_LOCK_FD_MIN = 10
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+# --- the command line -----------------------------------------------------------------------
+
+_EPILOG = """\
+examples:
+  daemonctx start --pidfile /run/web.pid --user www-data --chdir /srv/web \\
+      --stdout /var/log/web.log -- /usr/bin/python3 -m http.server 8080
+  daemonctx start --pidfile /run/app.pid --notify --timeout 30 -- /usr/sbin/app --foreground
+  daemonctx status --pidfile /run/web.pid          # exit 0 running, 1 dead, 3 stopped
+  daemonctx status --pidfile /run/web.pid --json
+  daemonctx reload --pidfile /run/web.pid          # SIGHUP
+  daemonctx signal USR1 --pidfile /run/web.pid
+  daemonctx stop --pidfile /run/web.pid --retry TERM/30/KILL/5
+  daemonctx restart --pidfile /run/web.pid -- /usr/bin/python3 -m http.server 8080
+
+The daemon is whatever process holds the pidfile's lock (flock): a leftover pidfile naming a
+dead or recycled pid is never taken for a running daemon, and never signalled.
+"""
+
+_START_DESCRIPTION = """\
+Detach from the terminal (double fork, new session), then run COMMAND as a daemon holding the
+pidfile's lock for its whole life.  Exit 0 only once COMMAND runs: it survived --wait seconds,
+or, with --notify, it sent READY=1 on $NOTIFY_SOCKET.  COMMAND must stay in the foreground (a
+program that forks into the background itself would exit and be reported as failed).
+
+Exit status: 0 running; 1 already running (0 with --oknodo); 3 not started (the reason is
+printed: bad option, command not found, exited during start-up with status S, no READY=1).
+"""
+
+_START_EPILOG = """\
+The program gets: stdin /dev/null; stdout/stderr appended to --stdout/--stderr (else
+/dev/null; --stderr defaults to --stdout's file); umask 022 unless --umask; working directory /
+unless --chdir; the caller's environment plus --env (only PATH, --env-keep names and --env with
+--clear-env) and, with --user, HOME, USER and LOGNAME of that user and its supplementary
+groups; default signal dispositions; one extra inherited descriptor, numbered 10 or above,
+holding the pidfile's lock (closing it gives up the lock).
+
+--notify: daemonctx listens on a private socket (abstract namespace, accepting messages from
+root and the program's user only) and passes it as NOTIFY_SOCKET to the program (not to
+itself).  READY=1 means started; EXTEND_TIMEOUT_USEC=N extends the wait; ERRNO=N or the program
+exiting means failed.  On failure or timeout the program (and its process group) is stopped:
+SIGTERM, then SIGKILL after 5 s, so a failed start leaves nothing running.
+
+examples:
+  daemonctx start --pidfile /run/app.pid --user app --stdout /var/log/app.log -- /usr/bin/app
+  daemonctx start --pidfile /run/app.pid --clear-env --env-keep LANG --env MODE=prod -- app
+"""
+
+_STOP_DESCRIPTION = """\
+Send the stop signal to the process holding the pidfile's lock (through a pidfd, never to a
+recycled pid), wait for it to exit and for the lock to be released, and escalate to SIGKILL
+after --timeout seconds (or follow --retry).  A KILL step also kills the daemon's descendants
+and any process still holding the lock, so the lock is free afterwards.  The leftover pidfile
+is removed.
+
+Exit status: 0 stopped; 1 not running (0 with --oknodo); 2 still running after the schedule;
+3 error (e.g. not permitted to signal it).
+"""
+
+_STATUS_DESCRIPTION = """\
+Report whether the daemon runs, from the pidfile's lock: pid, command line, uptime, resident
+memory and the tree of child processes (a supervisor's workers).
+
+Exit status (LSB): 0 running; 1 not running but the pidfile exists (the daemon died, or the pid
+in the file now belongs to an unrelated process); 3 not running; 4 unknown (the pidfile cannot
+be examined).
+"""
+
+
+class _Parser:
+    """Builds the argparse parser lazily; its errors become one-line DaemonOptionErrors."""
+
+    @staticmethod
+    def build() -> argparse.ArgumentParser:
+        import argparse
+
+        class Parser(argparse.ArgumentParser):
+            def error(self, message: str) -> NoReturn:
+                raise DaemonOptionError(f"{message} (see '{self.prog} --help')")
+
+        raw = argparse.RawDescriptionHelpFormatter
+        parser = Parser(
+            prog=PROG, formatter_class=raw, epilog=_EPILOG,
+            description="Run any program as a Unix daemon and control it through its pidfile.")
+        from daemonctx import __version__
+
+        parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+        commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+        start = commands.add_parser(
+            "start", formatter_class=raw, description=_START_DESCRIPTION,
+            epilog=_START_EPILOG, help="start COMMAND as a daemon",
+            usage="%(prog)s --pidfile PATH [options] -- COMMAND [ARG...]")
+        _add_start_options(start)
+
+        restart = commands.add_parser(
+            "restart", formatter_class=raw, help="stop the daemon if it runs, then start it",
+            description="Stop the daemon if it runs (as 'stop', waiting until its lock is "
+                        "released), then start COMMAND (as 'start'). Every option is checked "
+                        "before anything is stopped.\n\nExit status: as 'stop' (2, 3) if "
+                        "stopping fails, else as 'start'.",
+            usage="%(prog)s --pidfile PATH [options] -- COMMAND [ARG...]")
+        _add_start_options(restart)
+        restart.add_argument("--retry", metavar="SCHEDULE", default=None,
+                             help="how to stop the running daemon, as for 'stop' "
+                                  "(default TERM/30/KILL/5)")
+
+        stop = commands.add_parser("stop", formatter_class=raw, help="stop the daemon",
+                                   description=_STOP_DESCRIPTION)
+        _add_pidfile(stop)
+        stop.add_argument("--signal", "-s", default="TERM", metavar="NAME",
+                          help="the signal that asks the daemon to stop (default TERM)")
+        stop.add_argument("--timeout", "-t", type=float, default=DEFAULT_STOP_TIMEOUT,
+                          metavar="S", help="seconds to wait before SIGKILL (default 30); "
+                                            "then 5 s more for the kill")
+        stop.add_argument("--retry", "-R", metavar="SCHEDULE", default=None,
+                          help="start-stop-daemon's schedule instead of --signal/--timeout: "
+                               "SIGNAL/SECONDS/... with an optional final /forever "
+                               "(e.g. TERM/30/KILL/5, HUP/10/TERM/20/forever); a lone "
+                               "number N means TERM/N/KILL/N")
+        stop.add_argument("--oknodo", action="store_true",
+                          help="exit 0 also when the daemon was not running")
+        _add_verbose(stop)
+
+        status = commands.add_parser("status", formatter_class=raw, help="is it running?",
+                                     description=_STATUS_DESCRIPTION)
+        _add_pidfile(status)
+        status.add_argument("--json", action="store_true",
+                            help="print one JSON object (state, code, pid, process tree) "
+                                 "instead of text")
+
+        reload = commands.add_parser(
+            "reload", help="send SIGHUP to the daemon",
+            description="Send SIGHUP to the process holding the pidfile's lock. Exit status: "
+                        "0 sent; 1 not running; 3 error.")
+        _add_pidfile(reload)
+        _add_verbose(reload)
+
+        signal_cmd = commands.add_parser(
+            "signal", help="send a signal to the daemon",
+            description="Send signal NAME (TERM, HUP, USR1, ... or a number) to the process "
+                        "holding the pidfile's lock. Exit status: 0 sent; 1 not running; "
+                        "3 error.")
+        signal_cmd.add_argument("signal_name", metavar="NAME", help="the signal to send")
+        _add_pidfile(signal_cmd)
+        _add_verbose(signal_cmd)
+        return parser
+
+
+def _add_pidfile(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pidfile", "-p", required=True, metavar="PATH",
+                        help="the daemon's pidfile; the daemon is the process holding its lock")
+
+
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="say what was done on stdout (errors always go to stderr)")
+
+
+def _add_start_options(parser: argparse.ArgumentParser) -> None:
+    _add_pidfile(parser)
+    parser.add_argument("--user", "-u", metavar="USER[:GROUP]",
+                        help="run as this user (name or uid), with its primary group and "
+                             "supplementary groups (root only)")
+    parser.add_argument("--group", "-g", metavar="GROUP",
+                        help="run with this group (name or gid) instead of the user's")
+    parser.add_argument("--chdir", "-d", metavar="DIR", default=None,
+                        help="working directory (default /; inside --chroot if given)")
+    parser.add_argument("--umask", metavar="MODE", default=None,
+                        help="file creation mask, octal (default 022)")
+    parser.add_argument("--chroot", "-r", metavar="DIR",
+                        help="change the root directory first (COMMAND, --chdir and the "
+                             "pidfile, which must lie inside it, are then seen from the new root)")
+    parser.add_argument("--stdout", "-o", metavar="FILE",
+                        help="append the program's stdout (and, by default, stderr) to FILE")
+    parser.add_argument("--stderr", "-e", metavar="FILE",
+                        help="append the program's stderr to FILE (default: --stdout's file)")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="set an environment variable for the program (repeatable)")
+    parser.add_argument("--clear-env", action="store_true",
+                        help="start the program with an empty environment: only PATH "
+                             f"({DEFAULT_PATH}), --env-keep and --env (daemon(7) step 4)")
+    parser.add_argument("--env-keep", action="append", default=[], metavar="NAME",
+                        help="with --clear-env, keep this variable of the caller (repeatable)")
+    parser.add_argument("--notify", action="store_true",
+                        help="wait for READY=1 on $NOTIFY_SOCKET (sd_notify) before exiting 0")
+    parser.add_argument("--timeout", "-t", type=float, default=DEFAULT_START_TIMEOUT,
+                        metavar="S", help="with --notify: seconds to wait for READY=1; "
+                                          "otherwise the bound on detaching (default 60)")
+    parser.add_argument("--wait", "-w", type=float, default=DEFAULT_SETTLE, metavar="S",
+                        help="without --notify: seconds the program must survive to count as "
+                             "started (default 0.5; 0 skips the check)")
+    parser.add_argument("--oknodo", action="store_true",
+                        help="exit 0 also when the daemon is already running")
+    _add_verbose(parser)
+
+
+def _split_command(args: Sequence[str]) -> tuple[list[str], list[str] | None]:
+    """Split at the first ``--``: (daemonctx's arguments, the command or None)."""
+    if "--" in args:
+        index = list(args).index("--")
+        return list(args[:index]), list(args[index + 1:])
+    return list(args), None
+
+
+def _command_name(args: Sequence[str]) -> str | None:
+    for arg in args:
+        if arg == "--":
+            return None
+        if arg in COMMANDS:
+            return arg
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``daemonctx`` command with ``argv`` (default ``sys.argv[1:]``); return the status.
+
+    Never raises for bad input or a failed action: the reason is printed on stderr as one line
+    (``daemonctx start: ...``) and the status says what happened (see the module
+    documentation).  ``--help`` and ``--version`` exit through :class:`SystemExit` (0).
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = _command_name(args)
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        return 130
+    except (DaemonError, OSError) as exc:
+        _error(command, _one_line(exc))
+        return STATUS_UNKNOWN if command == "status" else EXIT_ERROR
+
+
+def _dispatch(args: list[str]) -> int:
+    own, program = _split_command(args)
+    namespace, unknown = _Parser.build().parse_known_args(own)
+    command: str = namespace.command
+    if unknown and not (command in ("start", "restart") and program is None):
+        raise DaemonOptionError(f"unrecognized arguments: {' '.join(unknown)} "
+                                f"(see '{PROG} {command} --help')")
+    if command in ("start", "restart"):
+        if program is None:
+            raise DaemonOptionError(
+                f"missing '--' before the command: {PROG} {command} --pidfile PATH "
+                f"[options] -- COMMAND [ARG...]")
+        if not program:
+            raise DaemonOptionError(f"no command after '--': {PROG} {command} --pidfile PATH "
+                                    f"[options] -- COMMAND [ARG...]")
+    elif program is not None:
+        raise DaemonOptionError(f"'--' and a command are only taken by start and restart, "
+                                f"not {command}")
+    if command == "start":
+        return _run_start(_plan_start(namespace, program or []))
+    if command == "restart":
+        return _cmd_restart(namespace, program or [])
+    if command == "stop":
+        return _cmd_stop(namespace)
+    if command == "status":
+        return _cmd_status(namespace)
+    if command == "reload":
+        import signal
+
+        return _cmd_signal(namespace, int(signal.SIGHUP))
+    from daemonctx.runner import parse_signal
+
+    return _cmd_signal(namespace, parse_signal(namespace.signal_name, "signal NAME"))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and not isinstance(exc, DaemonError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        text = f"{exc.strerror}{where}"
+    return " ".join(text.split())
+
+
+def _error(command: str | None, message: str) -> None:
+    prefix = f"{PROG} {command}" if command else PROG
+    _write(2, f"{prefix}: {message}")
+
+
+def _say(verbose: bool, command: str, message: str) -> None:
+    if verbose:
+        _write(1, f"{PROG} {command}: {message}")
+
+
+def _write(fd: int, line: str) -> None:
+    # os.write, not print: the launcher may exit with os._exit, which flushes nothing.
+    data = (line.rstrip("\n") + "\n").encode("utf-8", "replace")
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+    except OSError:
+        pass
+
+
+# --- start: checking every option before forking --------------------------------------------
+
+
+class _StartPlan(NamedTuple):
+    """Everything `start` needs, checked; paths as the daemon will see them (inside chroot).
+
+    (A NamedTuple, not a dataclass: importing dataclasses would double this module's cost.)
+    """
+
+    command_name: str
+    pidfile: str                 # as the caller sees it (for messages, stop, status)
+    daemon_pidfile: str          # as the daemon sees it (inside the chroot)
+    chroot: str | None
+    workdir: str
+    umask: int
+    uid: int | None
+    gid: int | None
+    initgroups: bool
+    program_uid: int
+    stdout: str | None
+    stderr: str | None
+    executable: str
+    argv: list[str]
+    env: dict[str, str]
+    notify: bool = False
+    timeout: float = DEFAULT_START_TIMEOUT
+    settle: float = DEFAULT_SETTLE
+    oknodo: bool = False
+    verbose: bool = False
+
+
+def _plan_start(ns: argparse.Namespace, program: list[str]) -> _StartPlan:
+    """Check every start option against the system; raise DaemonOptionError naming the option."""
+    timeout = _positive_seconds("--timeout", ns.timeout, allow_zero=False)
+    settle = _positive_seconds("--wait", ns.wait, allow_zero=True)
+    umask = _parse_umask(ns.umask)
+    uid, gid, user_entry = _resolve_identity(ns.user, ns.group)
+    chroot = _existing_directory("--chroot", ns.chroot) if ns.chroot else None
+    workdir = _working_directory(ns.chdir, chroot)
+    pidfile, daemon_pidfile = _pidfile_paths(ns.pidfile, chroot)
+    stdout = _log_path("--stdout", ns.stdout) if ns.stdout else None
+    stderr = _log_path("--stderr", ns.stderr) if ns.stderr else stdout
+    env = _program_environment(ns, user_entry)
+    executable = _resolve_command(program[0], env.get("PATH", ""), chroot, workdir)
+    return _StartPlan(
+        command_name=ns.command, pidfile=pidfile, daemon_pidfile=daemon_pidfile, chroot=chroot,
+        workdir=workdir, umask=umask, uid=uid, gid=gid, initgroups=user_entry is not None,
+        program_uid=os.geteuid() if uid is None else uid, stdout=stdout, stderr=stderr,
+        executable=executable, argv=list(program), env=env, notify=bool(ns.notify),
+        timeout=timeout, settle=settle, oknodo=bool(ns.oknodo), verbose=bool(ns.verbose))
+
+
+def _positive_seconds(option: str, value: float, *, allow_zero: bool) -> float:
+    import math
+
+    if math.isnan(value) or math.isinf(value) or value < 0 or (value == 0 and not allow_zero):
+        what = "a number of seconds >= 0" if allow_zero else "a number of seconds > 0"
+        raise DaemonOptionError(f"{option}: {value:g} is not {what}")
+    return float(value)
+
+
+def _parse_umask(text: str | None) -> int:
+    if text is None:
+        return DEFAULT_UMASK
+    try:
+        value = int(text, 8)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 0o777:
+        raise DaemonOptionError(f"--umask: {text!r} is not an octal mode from 000 to 777 "
+                                f"(e.g. 022 or 027)")
+    return value
+
+
+def _resolve_identity(user: str | None, group: str | None) -> tuple[int | None, int | None,
+                                                                      object | None]:
+    """(uid, gid, passwd entry) for --user/--group; None where not given."""
+    import grp
+    import pwd
+
+    if user is not None and ":" in user:
+        user, _, group_part = user.partition(":")
+        if group is not None and group_part:
+            raise DaemonOptionError("give the group either as --user USER:GROUP or as --group, "
+                                    "not both")
+        group = group_part or group
+    entry: pwd.struct_passwd | None = None
+    uid: int | None = None
+    if user is not None:
+        try:
+            entry = pwd.getpwnam(user)
+        except KeyError:
+            if not user.isdigit():
+                raise DaemonOptionError(f"--user: unknown user {user!r}") from None
+            uid = int(user)
+            try:
+                entry = pwd.getpwuid(uid)
+            except KeyError:
+                entry = None
+        if entry is not None:
+            uid = entry.pw_uid
+    gid: int | None = None
+    if group is not None:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            if not group.isdigit():
+                raise DaemonOptionError(f"--group: unknown group {group!r}") from None
+            gid = int(group)
+    elif uid is not None:
+        if entry is None:
+            raise DaemonOptionError(f"--user: uid {uid} has no passwd entry to take a group "
+                                    f"from; give --group too")
+        gid = entry.pw_gid
+    euid = os.geteuid()
+    if euid != 0 and ((uid is not None and uid != euid) or (gid is not None
+                                                             and gid != os.getegid())):
+        raise DaemonOptionError(f"--user/--group: only root can switch to another user or "
+                                f"group (running as uid {euid})")
+    return uid, gid, entry
+
+
+def _existing_directory(option: str, path: str) -> str:
+    full = os.path.abspath(path)
+    if not os.path.isdir(full):
+        what = "is not a directory" if os.path.exists(full) else "does not exist"
+        raise DaemonOptionError(f"{option}: directory {full} {what}")
+    return full
+
+
+def _outside(chroot: str | None, inside: str) -> str:
+    """The host path of ``inside`` (an absolute path as seen from the chroot)."""
+    if chroot is None:
+        return inside
+    return os.path.join(chroot, inside.lstrip("/"))
+
+
+def _working_directory(chdir: str | None, chroot: str | None) -> str:
+    if chdir is None:
+        return "/"
+    if chroot is None:
+        return _existing_directory("--chdir", chdir)
+    inside = os.path.normpath(os.path.join("/", chdir))
+    host = _outside(chroot, inside)
+    if not os.path.isdir(host):
+        what = "is not a directory" if os.path.exists(host) else "does not exist"
+        raise DaemonOptionError(f"--chdir: directory {inside} inside --chroot {chroot} {what}")
+    return inside
+
+
+def _pidfile_paths(path: str, chroot: str | None) -> tuple[str, str]:
+    full = os.path.abspath(path)
+    directory = os.path.dirname(full)
+    if not os.path.isdir(directory):
+        what = "is not a directory" if os.path.exists(directory) else "does not exist"
+        raise DaemonOptionError(f"--pidfile: directory {directory} {what}; create it first "
+                                f"(writable by the daemon's user)")
+    if chroot is None:
+        return full, full
+    relative = os.path.relpath(full, chroot)
+    if relative == os.curdir or relative.startswith(os.pardir):
+        raise DaemonOptionError(f"--pidfile: {full} is outside --chroot {chroot}; the daemon "
+                                f"could not reach it (put it inside, e.g. {chroot}/run/app.pid)")
+    return full, "/" + relative
+
+
+def _log_path(option: str, path: str) -> str:
+    full = os.path.abspath(path)
+    directory = os.path.dirname(full)
+    if not os.path.isdir(directory):
+        raise DaemonOptionError(f"{option}: directory {directory} does not exist")
+    if os.path.isdir(full):
+        raise DaemonOptionError(f"{option}: {full} is a directory, not a file")
+    return full
+
+
+def _program_environment(ns: argparse.Namespace, user_entry: object | None) -> dict[str, str]:
+    if ns.env_keep and not ns.clear_env:
+        raise DaemonOptionError("--env-keep only makes sense with --clear-env (without it the "
+                                "whole environment is kept)")
+    if ns.clear_env:
+        env = {"PATH": DEFAULT_PATH}
+        for name in ns.env_keep:
+            if not name or "=" in name or "\0" in name:
+                raise DaemonOptionError(f"--env-keep: {name!r} is not a variable name")
+            if name in os.environ:
+                env[name] = os.environ[name]
+    else:
+        env = dict(os.environ)
+    if user_entry is not None:
+        import pwd
+
+        assert isinstance(user_entry, pwd.struct_passwd)
+        env.update(HOME=user_entry.pw_dir, USER=user_entry.pw_name,
+                   LOGNAME=user_entry.pw_name)
+    for item in ns.env:
+        name, sep, value = item.partition("=")
+        if not sep or not name or "\0" in item:
+            raise DaemonOptionError(f"--env: {item!r} is not NAME=VALUE")
+        env[name] = value
+    return env
+
+
+def _resolve_command(command: str, search_path: str, chroot: str | None, workdir: str) -> str:
+    """The path to exec, as the daemon sees it; checked to be an executable file."""
+    if not command or "\0" in command:
+        raise DaemonOptionError(f"command {command!r} is not a program name")
+    if "/" in command:
+        if chroot is None:
+            inside = os.path.abspath(command)
+        else:
+            inside = os.path.normpath(os.path.join(workdir, command))
+        problem = _not_executable(_outside(chroot, inside))
+        if problem:
+            raise DaemonOptionError(f"command {command}: {problem}")
+        return inside
+    rejected: list[str] = []
+    for entry in search_path.split(os.pathsep):
+        # An empty entry means the current directory, which for the daemon is workdir.
+        directory = os.path.join(workdir, entry or ".")
+        inside = os.path.normpath(os.path.join(directory, command))
+        problem = _not_executable(_outside(chroot, inside))
+        if problem is None:
+            return inside
+        if problem != "not found":
+            rejected.append(f"{inside} {problem}")
+    where = f" inside --chroot {chroot}" if chroot else ""
+    if rejected:
+        raise DaemonOptionError(f"command {command!r} not usable{where}: {rejected[0]}")
+    raise DaemonOptionError(f"command {command!r} not found{where} in PATH={search_path}")
+
+
+def _not_executable(host_path: str) -> str | None:
+    import stat
+
+    try:
+        st = os.stat(host_path)
+    except FileNotFoundError:
+        return "not found"
+    except OSError as exc:
+        return f"cannot be examined: {exc.strerror}"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a directory"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    if not os.access(host_path, os.X_OK):
+        return f"is not executable (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+# --- start: the launcher and the daemon -----------------------------------------------------
+
+
+class _NotifyListener:
+    """The NOTIFY_SOCKET the program reports readiness on (sd_notify protocol).
+
+    An abstract-namespace datagram socket, reachable from inside a chroot and leaving no file
+    behind.  Anyone in the network namespace can send to it, so the sender's credentials
+    (SO_PASSCRED) are checked: only root and the program's user are listened to.
+    """
+
+    def __init__(self, allowed_uids: set[int]) -> None:
+        import secrets
+        import socket
+
+        self._socket_module = socket
+        self.allowed_uids = allowed_uids
+        self.sock: socket.socket = socket.socket(socket.AF_UNIX,
+                                                 socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            name = f"daemonctx-notify/{os.getpid()}/{secrets.token_hex(8)}"
+            self.sock.bind("\0" + name)
+            self.sock.setblocking(False)
+        except BaseException:
+            self.sock.close()
+            raise
+        self.address = "@" + name
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def receive(self) -> list[dict[str, str]]:
+        """Every pending message from an accepted sender, as {KEY: VALUE}."""
+        import struct
+
+        socket = self._socket_module
+        messages: list[dict[str, str]] = []
+        credentials_size = struct.calcsize("iII")
+        while True:
+            try:
+                data, ancillary, _, _ = self.sock.recvmsg(
+                    4096, socket.CMSG_SPACE(credentials_size), socket.MSG_CMSG_CLOEXEC)
+            except (BlockingIOError, InterruptedError):
+                return messages
+            sender_uid: int | None = None
+            for level, kind, payload in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                    _, sender_uid, _ = struct.unpack("iII", payload[:credentials_size])
+                elif level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    for index in range(len(payload) // 4):  # fds we did not ask for
+                        os.close(struct.unpack_from("i", payload, index * 4)[0])
+            if sender_uid not in self.allowed_uids:
+                continue
+            fields: dict[str, str] = {}
+            for line in data.decode("utf-8", "replace").splitlines():
+                key, sep, value = line.partition("=")
+                if sep:
+                    fields[key.strip()] = value
+            messages.append(fields)
+
+    def forget(self) -> None:
+        """In the daemon: the detach closed the fd; never close the number again (reused)."""
+        self.sock.detach()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _set_child_subreaper(enable: bool) -> bool:
+    """Make this process the reaper of its orphaned descendants (Linux); False if refused.
+
+    The daemon is orphaned by the double fork; as a subreaper the launcher adopts it (instead
+    of init) while it waits, so it can learn the program's exit status during start-up.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, int(enable), 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def _preload_modules() -> None:
+    """Import now what the launcher and the daemon need after the detach.
+
+    Both drop privileges and may chroot before they need these, and then may no longer be
+    able to read Python's library (a Python installed under /root, say).
+    """
+    import errno
+    import fcntl
+    import select
+    import signal
+    import struct
+    import time
+
+    import daemonctx.errors
+    import daemonctx.handshake
+    import daemonctx.runner
+
+    del errno, fcntl, select, signal, struct, time, daemonctx
+
+
+def _run_start(plan: _StartPlan) -> int:
+    from daemonctx.pidfile import PIDFile, PIDFileLockedError
+
+    _preload_modules()
+
+    notify = _NotifyListener({0, plan.program_uid}) if plan.notify else None
+    env = dict(plan.env)
+    if notify is not None:
+        env["NOTIFY_SOCKET"] = notify.address  # the program's environment only, not ours
+    launcher = _Launcher(plan, notify, PIDFile(plan.daemon_pidfile))
+    context = _command_context(launcher)
+    subreaper = _set_child_subreaper(True)
+    try:
+        context.open()  # in the launcher this does not return: see on_startup_report
+    except PIDFileLockedError as exc:
+        _cleanup_launcher(notify, subreaper)
+        if plan.oknodo:
+            _say(plan.verbose, plan.command_name, f"already running as pid {exc.pid}")
+            return EXIT_OK
+        holder = f"pid {exc.pid}" if exc.pid is not None else "another process"
+        _error(plan.command_name, f"already running as {holder} (pidfile {plan.pidfile})")
+        return EXIT_NOTHING_DONE
+    except BaseException:
+        _cleanup_launcher(notify, subreaper)
+        raise
+    _exec_program(context, launcher, env)
+
+
+def _cleanup_launcher(notify: _NotifyListener | None, subreaper: bool) -> None:
+    if notify is not None:
+        notify.close()
+    if subreaper:
+        _set_child_subreaper(False)
+
+
+def _exec_program(context: DaemonContext, launcher: _Launcher,
+                  env: dict[str, str]) -> NoReturn:
+    """In the daemon: hand the pidfile's lock to the program and exec it; never returns."""
+    from daemonctx import handshake
+    from daemonctx.errors import DaemonStartupError
+
+    plan = launcher.plan
+    try:
+        if launcher.notify is not None:
+            launcher.notify.forget()
+        import fcntl
+        import signal
+
+        # F_DUPFD makes an inheritable copy of the locked descriptor: the program holds the
+        # lock (same open file description) for its whole life; the original is close-on-exec.
+        fcntl.fcntl(launcher.pidfile.fileno(), fcntl.F_DUPFD, _LOCK_FD_MIN)
+        for name in ("SIGPIPE", "SIGXFSZ"):  # Python ignores these; the program must not
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), signal.SIG_DFL)
+        handshake.prepare_exec()
+        os.execve(plan.executable, plan.argv, env)
+    except BaseException as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        handshake.report_failure(
+            DaemonStartupError(f"cannot execute {plan.executable}: {reason}", 127), 127)
+        try:
+            context.close()  # removes the pidfile: nothing runs
+        except BaseException:
+            pass
+    os._exit(127)
+
+
+class _Launcher:
+    """The launcher's side of a start: what to wait for once the daemon reported."""
+
+    def __init__(self, plan: _StartPlan, notify: _NotifyListener | None,
+                 pidfile: PIDFile) -> None:
+        self.plan = plan
+        self.notify = notify
+        self.pidfile = pidfile
+
+    def finish(self, report: StartupReport) -> NoReturn:
+        """Judge the report (waiting for READY=1 or the settle time), clean up and exit."""
+        code, message, to_stderr = EXIT_ERROR, "", True
+        block = True
+        try:
+            code, message, to_stderr = _judge_start(self.plan, self.notify, report)
+        except KeyboardInterrupt:
+            code, block = 130, False
+            message = (f"interrupted while waiting for pid {report.pid}, which may still be "
+                       f"starting: see '{PROG} status --pidfile {self.plan.pidfile}'")
+        except BaseException as exc:  # the launcher must exit, whatever happens
+            message = f"launcher error: {exc!r}"
+        try:
+            _reap_adopted(block=block and code != EXIT_OK)
+            if self.notify is not None:
+                self.notify.close()
+        except BaseException:
+            pass
+        if message:
+            if to_stderr:
+                _error(self.plan.command_name, message)
+            else:
+                _say(self.plan.verbose, self.plan.command_name, message)
+        os._exit(code)
+
+
+def _command_context(launcher: _Launcher) -> DaemonContext:
+    """A DaemonContext for the plan whose launcher hands the report to ``launcher``."""
+    from daemonctx.context import DaemonContext
+
+    class CommandContext(DaemonContext):
+        def on_startup_report(self, report: StartupReport) -> NoReturn:
+            launcher.finish(report)
+
+    plan = launcher.plan
+    return CommandContext(
+        chroot_directory=plan.chroot, working_directory=plan.workdir, umask=plan.umask,
+        uid=plan.uid, gid=plan.gid, initgroups=plan.initgroups,
+        # The program's own business: no core-dump limit, default signal dispositions.
+        prevent_core=False, signal_map={},
+        detach_process=True, pidfile=launcher.pidfile, stdout=plan.stdout, stderr=plan.stderr,
+        startup_timeout=plan.timeout, defer_ready=True)
+
+
+def _judge_start(plan: _StartPlan, notify: _NotifyListener | None,
+                 report: StartupReport) -> tuple[int, str, bool]:
+    """In the launcher: (exit status, message, message is an error) for the daemon's report."""
+    if report.state == "ready":
+        return EXIT_OK, f"started pid {report.pid}", False
+    if report.state != "exec":
+        text = report.message.removeprefix("DaemonStartupError: ")
+        if report.state == "failed" and text.startswith("PIDFileLockedError"):
+            # Another start won the race for the lock after our pre-fork check.
+            if plan.oknodo:
+                return EXIT_OK, text.removeprefix("PIDFileLockedError: "), False
+            return EXIT_NOTHING_DONE, text.removeprefix("PIDFileLockedError: "), True
+        return EXIT_ERROR, text, True
+    pid = report.pid
+    if pid is None:  # pragma: no cover - the daemon always reports its pid first
+        return EXIT_ERROR, "the daemon did not report its pid", True
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return EXIT_ERROR, f"{_describe(plan, pid)} exited during start-up", True
+    try:
+        if notify is not None:
+            return _await_ready(plan, notify, pid, pidfd)
+        import select
+
+        if plan.settle > 0 and select.select([pidfd], [], [], plan.settle)[0]:
+            how = _end_of(pid)
+            _forget_failed_start(plan)
+            return EXIT_ERROR, f"{_describe(plan, pid)} exited during start-up {how}" \
+                               f"{_log_hint(plan)}", True
+        return EXIT_OK, f"started {_describe(plan, pid)}", False
+    finally:
+        os.close(pidfd)
+
+
+def _describe(plan: _StartPlan, pid: int) -> str:
+    return f"{os.path.basename(plan.argv[0])} (pid {pid})"
+
+
+def _log_hint(plan: _StartPlan) -> str:
+    return f"; its output is in {plan.stderr}" if plan.stderr else ""
+
+
+def _await_ready(plan: _StartPlan, notify: _NotifyListener, pid: int,
+                 pidfd: int) -> tuple[int, str, bool]:
+    import errno as errno_module
+    import select
+    import time
+
+    deadline = time.monotonic() + plan.timeout
+    last_status = ""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        readable, _, _ = select.select([notify.fileno(), pidfd], [], [], remaining)
+        ready = False
+        for fields in notify.receive():
+            if fields.get("STATUS"):
+                last_status = fields["STATUS"]
+            code_text = fields.get("ERRNO", "").strip()
+            if code_text:
+                number = int(code_text) if code_text.isdigit() else 0
+                reason = os.strerror(number) if number else code_text
+                name = errno_module.errorcode.get(number, "")
+                _stop_program(pid, pidfd)
+                _forget_failed_start(plan)
+                detail = f"ERRNO={code_text} ({name + ': ' if name else ''}{reason})"
+                return EXIT_ERROR, (f"{_describe(plan, pid)} reported a start-up failure: "
+                                    f"{detail}{_status_hint(last_status)}; stopped it"), True
+            extend = fields.get("EXTEND_TIMEOUT_USEC", "").strip()
+            if extend.isdigit():
+                deadline = max(deadline, time.monotonic() + int(extend) / 1e6)
+            if fields.get("READY", "").strip() == "1":
+                ready = True
+        exited = bool(select.select([pidfd], [], [], 0)[0])
+        if ready and not exited:
+            return EXIT_OK, f"started {_describe(plan, pid)}: READY=1", False
+        if exited or pidfd in readable:
+            how = _end_of(pid)
+            _forget_failed_start(plan)
+            return EXIT_ERROR, (f"{_describe(plan, pid)} exited during start-up {how} before "
+                                f"sending READY=1{_status_hint(last_status)}"
+                                f"{_log_hint(plan)}"), True
+    _stop_program(pid, pidfd)
+    _forget_failed_start(plan)
+    return EXIT_ERROR, (f"{_describe(plan, pid)} sent no READY=1 within {plan.timeout:g} s"
+                        f"{_status_hint(last_status)}; stopped it{_log_hint(plan)}"), True
+
+
+def _status_hint(status: str) -> str:
+    return f" (last STATUS: {status})" if status else ""
+
+
+def _kill_group(pid: int, signum: int) -> None:
+    """Signal the program's process group, which outlives it only while it is unreaped.
+
+    The group was created for the daemon (setsid in the detach), so it holds the program and
+    whatever it started; as long as the program is our unreaped child its group id cannot be
+    reused by anyone else.
+    """
+    try:
+        group = os.getpgid(pid)
+    except OSError:
+        return
+    if group <= 1 or group == os.getpgrp():
+        return
+    try:
+        os.killpg(group, signum)
+    except OSError:
+        pass
+
+
+def _end_of(pid: int) -> str:
+    """Reap the exited program (our child, as subreaper) and say how it ended."""
+    import signal
+
+    _kill_group(pid, signal.SIGKILL)  # anything it left behind would hold the lock
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:
+        return "(exit status unknown)"
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        return f"killed by signal {number} ({name})"
+    return f"with status {os.waitstatus_to_exitcode(status)}"
+
+
+def _stop_program(pid: int, pidfd: int) -> None:
+    """After a failed start: SIGTERM the program's group, SIGKILL after a grace, reap it."""
+    import select
+    import signal
+
+    _kill_group(pid, signal.SIGTERM)
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    if not select.select([pidfd], [], [], _STOP_GRACE)[0]:
+        _kill_group(pid, signal.SIGKILL)
+        try:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        select.select([pidfd], [], [], _STOP_GRACE)
+    _end_of(pid)
+
+
+def _forget_failed_start(plan: _StartPlan) -> None:
+    """Remove the pidfile the failed program left (unlocked), so status says 'not running'."""
+    from daemonctx.runner import remove_stale_pidfile
+
+    # The launcher is inside the chroot (if any), like the daemon.
+    remove_stale_pidfile(plan.daemon_pidfile if plan.chroot else plan.pidfile)
+
+
+def _reap_adopted(*, block: bool) -> None:
+    """Reap the children the launcher adopted as subreaper.
+
+    Zombies are always reaped.  After a failed start (``block``) the processes just killed are
+    waited for, at most a few seconds; after a successful one the running daemon is left
+    alone: it is re-parented to init when the launcher exits.
+    """
+    import time
+
+    deadline = time.monotonic() + _STOP_GRACE
+    pause = 0.001
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid:
+            continue
+        if not block or time.monotonic() > deadline:
+            return
+        time.sleep(pause)  # killed children die within milliseconds; bounded anyway
+        pause = min(pause * 2, 0.05)
+
+
+# --- stop, restart, status, signal ----------------------------------------------------------
+
+
+def _stop_schedule(retry: str | None, signal_text: str, timeout: float) -> StopSchedule:
+    import signal
+
+    from daemonctx.runner import StopSchedule, parse_signal
+
+    if retry is not None:
+        return StopSchedule.parse(retry, option="--retry")
+    signum = parse_signal(signal_text, "--signal")
+    wait = _positive_seconds("--timeout", timeout, allow_zero=True)
+    if signum == signal.SIGKILL:
+        return StopSchedule(((signum, wait),))
+    return StopSchedule(((signum, wait), (int(signal.SIGKILL), DEFAULT_KILL_TIMEOUT)))
+
+
+def _cmd_stop(ns: argparse.Namespace) -> int:
+    from daemonctx.runner import stop_daemon
+
+    schedule = _stop_schedule(ns.retry, ns.signal, ns.timeout)
+    result = stop_daemon(ns.pidfile, schedule)
+    if result.outcome == "stopped":
+        _say(ns.verbose, "stop", result.message)
+        return EXIT_OK
+    if result.outcome == "not-running":
+        if ns.oknodo:
+            _say(ns.verbose, "stop", result.message)
+            return EXIT_OK
+        _error("stop", result.message)
+        return EXIT_NOTHING_DONE
+    _error("stop", result.message)
+    return EXIT_STILL_RUNNING
+
+
+def _cmd_restart(ns: argparse.Namespace, program: list[str]) -> int:
+    from daemonctx.runner import stop_daemon
+
+    plan = _plan_start(ns, program)  # every option checked before anything is stopped
+    schedule = _stop_schedule(ns.retry, "TERM", DEFAULT_STOP_TIMEOUT)
+    result = stop_daemon(plan.pidfile, schedule)
+    if result.outcome == "still-running":
+        _error("restart", result.message)
+        return EXIT_STILL_RUNNING
+    if result.outcome == "stopped":
+        _say(ns.verbose, "restart", result.message)
+    # The lock is released: stop_daemon returned only after that.  A start racing us may win
+    # it now; then this start reports "already running" (exit 1), which is the truth.
+    return _run_start(plan)
+
+
+def _cmd_status(ns: argparse.Namespace) -> int:
+    from daemonctx.runner import daemon_status
+
+    status = daemon_status(ns.pidfile)
+    if ns.json:
+        import json
+
+        _write(1, json.dumps(status.as_dict()))
+    else:
+        _write(1, status.summary())
+    return status.code
+
+
+def _cmd_signal(ns: argparse.Namespace, signum: int) -> int:
+    from daemonctx.runner import signal_daemon, signal_name
+
+    pid = signal_daemon(ns.pidfile, signum)
+    if pid is None:
+        _error(ns.command, f"not running (no process holds the lock of "
+                           f"{os.path.abspath(ns.pidfile)})")
+        return EXIT_NOTHING_DONE
+    _say(ns.verbose, ns.command, f"sent SIG{signal_name(signum)} to pid {pid}")
+    return EXIT_OK
