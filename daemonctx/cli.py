@@ -772,7 +772,10 @@ def _exec_program(context: DaemonContext, launcher: _Launcher,
 
         # F_DUPFD makes an inheritable copy of the locked descriptor: the program holds the
         # lock (same open file description) for its whole life; the original is close-on-exec.
-        fcntl.fcntl(launcher.pidfile.fileno(), fcntl.F_DUPFD, _LOCK_FD_MIN)
+        lock_fd = fcntl.fcntl(launcher.pidfile.fileno(), fcntl.F_DUPFD, _LOCK_FD_MIN)
+        # A program that uses DaemonContext itself sees it is already a daemon (no second
+        # detach) and keeps this fd open: see steps.started_by_daemonctx_command().
+        env = dict(env, DAEMONCTX_LOCK_FD=str(lock_fd), DAEMONCTX_PID=str(os.getpid()))
         for name in ("SIGPIPE", "SIGXFSZ"):  # Python ignores these; the program must not
             if hasattr(signal, name):
                 signal.signal(getattr(signal, name), signal.SIG_DFL)

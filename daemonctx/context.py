@@ -87,9 +87,12 @@ class DaemonContext:
 
     0. check every option, in the calling process, raising :class:`~daemonctx.DaemonError`
        subclasses that name the option (nothing has changed yet);
-    1. ``chroot_directory``; 2. core dumps off (``prevent_core``); 3. ``umask``;
-    4. ``working_directory``; 5. supplementary groups, gid, uid (``uid``, ``gid``,
-       ``initgroups``); 6. flush Python's stdio buffers;
+    1. ``chroot_directory``;
+    2. core dumps off (``prevent_core``);
+    3. ``umask``;
+    4. ``working_directory``;
+    5. supplementary groups, gid, uid (``uid``, ``gid``, ``initgroups``);
+    6. flush Python's stdio buffers;
     7. fork, ``setsid``, fork (``detach_process``): the caller's process becomes the
        *launcher*, which waits for the daemon's start-up report and exits with a truthful
        status (0 once ready; otherwise the error on stderr and a non-zero status);
@@ -107,7 +110,8 @@ class DaemonContext:
     these extensions: ``uid``/``gid`` accept names; when ``uid`` is given without ``gid`` the
     user's primary group is used (not the caller's, which would keep root's group);
     ``stdin``/``stdout``/``stderr`` accept paths (opened for append in the calling process);
-    ``startup_timeout`` bounds the launcher's wait (``None`` waits forever) and
+    ``startup_timeout`` bounds the launcher's wait (``None`` waits forever; ``0`` does not
+    wait at all: the launcher exits 0 right after the first fork, as python-daemon's does) and
     ``defer_ready=True`` makes readiness wait for :meth:`notify_ready`.
     """
 
@@ -194,10 +198,15 @@ class DaemonContext:
         except BaseException:
             plan.undo()
             raise
-        if plan.detach:
-            read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        # Without /proc after a chroot, the fds to close are bounded by what is open now.
+        hint = steps.highest_open_fd() if plan.chroot is not None else None
+        if plan.detach and self.startup_timeout == 0:
+            steps.detach_process_context(lambda child_pid: os._exit(0))
+        elif plan.detach:
+            read_fd, write_fd = os.pipe()  # close-on-exec, as every fd Python creates
             plan.keep_fds.add(write_fd)
-            hint = steps.highest_open_fd()
+            if hint is not None:
+                hint = max(hint, read_fd, write_fd)
 
             def launcher(child_pid: int) -> NoReturn:
                 os.close(write_fd)
@@ -205,11 +214,9 @@ class DaemonContext:
 
             steps.detach_process_context(launcher)
             os.close(read_fd)
-            handshake._start_reporting(write_fd)
-        else:
-            hint = steps.highest_open_fd()
-            if os.getpid() == 1:
-                _run_as_init()
+            handshake._start_reporting(write_fd, announce_now=self.defer_ready)
+        elif os.getpid() == 1:
+            _run_as_init()
         try:
             self._run_steps_after_fork(plan, hint)
         except BaseException as exc:
@@ -320,16 +327,17 @@ class DaemonContext:
         chroot = _optional_directory("chroot_directory", self.chroot_directory)
         workdir = _working_directory(self.working_directory, chroot)
         umask = _umask(self.umask)
-        uid, user_name, user_gid = _resolve_user(self.uid)
+        uid, user_name, user_gid = _resolve_user(
+            self.uid, need_entry=self.gid is None or bool(self.initgroups))
         gid = _resolve_group(self.gid if self.gid is not None else user_gid, self.uid)
         groups = _supplementary_groups(uid, gid, user_name, bool(self.initgroups))
         detach = bool(self.detach_process)
         timeout = self.startup_timeout
         if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0
         ):
             raise DaemonOptionError(
-                f"startup_timeout must be a positive number of seconds or None, not {timeout!r}"
+                f"startup_timeout must be a number of seconds >= 0 or None, not {timeout!r}"
             )
         handlers = _resolve_signal_map(self.signal_map, self)
         if "NOTIFY_SOCKET" in os.environ:
@@ -339,6 +347,9 @@ class DaemonContext:
             __import__("socket")
         activation = _socket_activation_fds()
         keep = _preserved_fds(self.files_preserve) | _logging_fds() | activation
+        command_lock = steps.daemonctx_command_lock_fd()
+        if command_lock is not None:
+            keep.add(command_lock)
         plan = _Plan(chroot, workdir, umask, uid, gid, groups, detach, handlers, keep,
                      activation)
         try:
@@ -435,18 +446,24 @@ def _primary_gid_or_none(uid: int | str) -> int | None:
     return entry.pw_gid
 
 
-def _resolve_user(value: object) -> tuple[int, str | None, int | None]:
-    """Return (uid, user name or None, primary gid or None) for a uid or user name."""
+def _resolve_user(value: object, need_entry: bool = True) -> tuple[int, str | None, int | None]:
+    """Return (uid, user name or None, primary gid or None) for a uid or user name.
+
+    For a numeric uid the passwd database is read only when ``need_entry`` (for
+    ``initgroups`` or a default gid): a lookup is a measurable part of a fast start-up.
+    """
     if isinstance(value, str):
         try:
             entry = pwd.getpwnam(value)
         except KeyError:
             if value.isdigit():
-                return _resolve_user(int(value))
+                return _resolve_user(int(value), need_entry)
             raise DaemonOptionError(f"uid: unknown user {value!r}") from None
         return entry.pw_uid, entry.pw_name, entry.pw_gid
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32 - 1:
         raise DaemonOptionError(f"uid must be a user name or a uid number, not {value!r}")
+    if not need_entry:
+        return value, None, None
     try:
         entry = pwd.getpwuid(value)
     except KeyError:
@@ -455,13 +472,13 @@ def _resolve_user(value: object) -> tuple[int, str | None, int | None]:
 
 
 def _resolve_group(value: object, uid_option: object) -> int:
-    import grp
-
     if value is None:
         raise DaemonOptionError(
             f"gid must be given: uid {uid_option!r} has no passwd entry to take a group from"
         )
     if isinstance(value, str):
+        import grp  # only for names: the import is a measurable part of a fast start-up
+
         try:
             return grp.getgrnam(value).gr_gid
         except KeyError:
@@ -614,6 +631,8 @@ def _explain_death(report: handshake.StartupReport) -> handshake.StartupReport:
     """Add the daemon's exit status when the launcher can reap it (it is a subreaper)."""
     pid = report.pid
     assert pid is not None
+    if not hasattr(os, "waitid") or not hasattr(os, "pidfd_open"):
+        return report  # not Linux: a daemon is never the launcher's child there anyway
     try:
         result = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
     except ChildProcessError:

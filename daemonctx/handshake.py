@@ -94,15 +94,23 @@ def _unescape(text: str) -> str:
 _report_fd: int | None = None
 _report_pid: int | None = None
 _ready_sent = False
+_pid_line = ""  # "P <pid>" not yet sent: it goes out with the next write
 
 
-def _start_reporting(fd: int) -> None:
-    """Called by DaemonContext in the daemon, right after the second fork."""
-    global _report_fd, _report_pid, _ready_sent
+def _start_reporting(fd: int, announce_now: bool) -> None:
+    """Called by DaemonContext in the daemon, right after the second fork.
+
+    With ``announce_now`` the pid is sent at once (a long start-up: the launcher can then
+    name and stop a daemon that takes too long); otherwise it goes out with the report, in
+    the same write.
+    """
+    global _report_fd, _report_pid, _ready_sent, _pid_line
     _report_fd = fd
     _report_pid = os.getpid()
     _ready_sent = False
-    _write(f"P {_report_pid}\n")
+    _pid_line = f"P {_report_pid}\n"
+    if announce_now:
+        _write("")
 
 
 def report_fd() -> int | None:
@@ -111,9 +119,11 @@ def report_fd() -> int | None:
 
 
 def _write(line: str) -> None:
+    global _pid_line
     if _report_fd is None:
         return
-    data = line.encode("utf-8", "replace")
+    data = (_pid_line + line).encode("utf-8", "replace")
+    _pid_line = ""
     try:
         while data:
             written = os.write(_report_fd, data)

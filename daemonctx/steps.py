@@ -202,14 +202,25 @@ def reset_inherited_signal_state(keep: Iterable[int] = ()) -> None:
 
 
 def highest_open_fd() -> int | None:
-    """The highest open fd, read from ``/proc/self/fd`` (or ``/dev/fd``); None if unreadable."""
+    """The highest open fd, read from ``/proc/self/fd`` (or ``/dev/fd``); None if unreadable.
+
+    A listing is trusted only if it shows the fd used to read it: FreeBSD's ``/dev/fd``
+    without fdescfs lists 0-2 whatever is open, and trusting it would close nothing.
+    """
     for directory in _FD_DIRS:
         try:
-            names = os.listdir(directory)
+            dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             continue
+        try:
+            names = os.listdir(dir_fd)
+        except OSError:
+            continue
+        finally:
+            os.close(dir_fd)
         fds = [int(n) for n in names if n.isdigit()]
-        if fds:
+        if dir_fd in fds:
+            fds.remove(dir_fd)
             return max(fds)
     return None
 
@@ -269,16 +280,32 @@ def _parent_is_service_manager(ppid: int) -> bool:
         return False
 
 
+def daemonctx_command_lock_fd() -> int | None:
+    """The pidfile lock fd handed over by ``daemonctx start``, if this process got one.
+
+    The command daemonizes, then execs the program with ``DAEMONCTX_PID`` (the program's pid,
+    like systemd's ``LISTEN_PID``) and ``DAEMONCTX_LOCK_FD`` set.  A program that uses
+    :class:`~daemonctx.DaemonContext` itself must then neither detach again (it would leave
+    the lock behind) nor close that fd.
+    """
+    env = os.environ
+    fd = env.get("DAEMONCTX_LOCK_FD", "")
+    if env.get("DAEMONCTX_PID") != str(os.getpid()) or not fd.isdigit():
+        return None
+    return int(fd)
+
+
 def detach_needed() -> bool:
     """Decide whether the process should detach, for ``detach_process=None``.
 
     It should not when something already supervises it in the foreground: init or systemd (ppid
     1, or ``INVOCATION_ID``/``NOTIFY_SOCKET`` set by a service manager that is our parent), a
     superserver such as inetd (stdin is a socket), or when it is pid 1 of a container (pid 1,
-    or ppid 0: its parent is outside the pid namespace).  Forking there would make the service
+    or ppid 0: its parent is outside the pid namespace), or when the ``daemonctx start``
+    command already made it a daemon.  Forking there would make the service
     manager lose track of the main process.
     """
-    if os.getpid() == 1:
+    if os.getpid() == 1 or daemonctx_command_lock_fd() is not None:
         return False
     ppid = os.getppid()
     if ppid in (0, 1):

@@ -141,7 +141,8 @@ class RestartPolicy:
         backoff_initial, backoff_factor, backoff_max: the first restart of a worker waits
             ``backoff_initial`` seconds, each further one ``backoff_factor`` times longer, at most
             ``backoff_max`` seconds.
-        backoff_reset_after: a worker that stayed up this long resets its backoff to the start.
+        backoff_reset_after: a worker that stayed up this long resets its backoff to the
+            start.
         ready_on_start: ``True``: a worker counts as ready as soon as it is forked.  ``False``: a
             worker is ready once it called :func:`notify_worker_ready`; the master reports the
             service ready (:func:`daemonctx.handshake.notify_ready`, systemd READY=1) only when
@@ -489,8 +490,7 @@ class Supervisor:
         except SystemExit as stop:
             status = _exit_code_of(stop)
         except BaseException:
-            import traceback
-            traceback.print_exc()
+            _print_exception()
         finally:
             _flush_std_streams()
             os._exit(status)
@@ -581,9 +581,8 @@ class Supervisor:
         self._death_r, self._death_w = self._internal_pipe(blocking=True)
         # Everything a worker needs is loaded here, once, so a fork costs no import, and a
         # master inside a chroot (or running as a user who cannot read the Python installation)
-        # never has to import a module later: logging a crash would fail there.
-        for module in ("logging", "traceback", "importlib"):
-            __import__(module)
+        # never has to import a module later.  Logging goes through `logging` only if the
+        # application loaded it (see _log): importing it here would slow every fork.
         if "NOTIFY_SOCKET" in os.environ:
             __import__("daemonctx.systemd")
             __import__("socket")
@@ -961,15 +960,23 @@ class Supervisor:
 
 # -- small helpers -------------------------------------------------------------------------------
 
-_logger: Any = None
-
-
 def _log(level: str, message: str, *args: object) -> None:
-    global _logger
-    if _logger is None:
-        import logging
-        _logger = logging.getLogger("daemonctx.supervisor")
-    getattr(_logger, level)(message, *args)
+    """Log through the ``daemonctx.supervisor`` logger if the application uses :mod:`logging`.
+
+    Otherwise warnings and errors go straight to stderr, as logging's last-resort handler would
+    print them: importing logging (and with it threading, whose fork hooks slow every fork) is
+    left to applications that configure it.
+    """
+    logging = sys.modules.get("logging")
+    if logging is not None:
+        getattr(logging.getLogger("daemonctx.supervisor"), level)(message, *args)
+        return
+    if level in ("warning", "error", "exception"):
+        text = message % args if args else message
+        if level == "exception":
+            error = sys.exc_info()[1]
+            text += f": {type(error).__name__}: {error}"
+        _write_stderr(f"daemonctx.supervisor: {text}")
 
 
 def _notify_systemd(**assignments: Any) -> None:
@@ -1017,18 +1024,38 @@ def _flush_std_streams() -> None:
 def _report_and_exit() -> NoReturn:
     """In a worker whose set-up failed: print the traceback and end with status 1."""
     try:
-        import traceback
-        traceback.print_exc()
+        _print_exception()
         _flush_std_streams()
     finally:
         os._exit(1)
 
 
+def _print_exception() -> None:
+    """Print the exception being handled: a traceback if it can be imported, else one line.
+
+    Inside a chroot, or as a user who cannot read the Python installation, no module can be
+    imported any more; the error must still be seen.
+    """
+    try:
+        import traceback
+    except ImportError:
+        error = sys.exc_info()[1]
+        _write_stderr(f"{type(error).__name__}: {error}")
+        return
+    traceback.print_exc()
+
+
+def _write_stderr(text: str) -> None:
+    try:
+        os.write(2, (text + "\n").encode("utf-8", "replace"))
+    except OSError:
+        pass
+
+
 def _set_proc_title(title: str) -> None:
     """Title the process if the optional setproctitle package is installed."""
-    import importlib
     try:
-        module = importlib.import_module("setproctitle")
+        module = __import__("setproctitle")
     except ImportError:
         return
     module.setproctitle(title)

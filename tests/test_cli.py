@@ -755,3 +755,32 @@ def test_stop_schedule_rejects_malformed_schedules(text):
 
     with pytest.raises(DaemonOptionError, match="--retry"):
         StopSchedule.parse(text)
+
+
+DAEMONCONTEXT_PROGRAM = """
+    import os, signal, socket, sys
+    import daemonctx
+
+    with daemonctx.DaemonContext(defer_ready=True) as context:
+        listener = socket.create_server(("127.0.0.1", 0))
+        with open(sys.argv[1], "w") as out:
+            out.write(f"{os.getpid()} {listener.getsockname()[1]}")
+        context.notify_ready()   # READY=1 to the command's NOTIFY_SOCKET
+        signal.pause()
+"""
+
+
+def test_program_using_daemoncontext_is_not_detached_twice_and_keeps_the_lock(tmp_path,
+                                                                              pid_path):
+    script = write_script(tmp_path, DAEMONCONTEXT_PROGRAM, "ctx_app.py")
+    info = tmp_path / "info"
+    result = run_cli("start", "--notify", "--pidfile", str(pid_path), "--",
+                     PYTHON, str(script), str(info))
+    assert result.returncode == 0, result.stderr
+    pid = holder(pid_path)
+    assert int(info.read_text().split()[0]) == pid, "the program detached a second time"
+    lock_fd = dict(line.split("=", 1) for line in Path(f"/proc/{pid}/environ").read_text()
+                   .split("\0") if "=" in line)["DAEMONCTX_LOCK_FD"]
+    assert os.path.exists(f"/proc/{pid}/fd/{lock_fd}"), "DaemonContext closed the lock fd"
+    assert run_cli("stop", "--pidfile", str(pid_path)).returncode == 0
+    assert holder_pid(pid_path) is None

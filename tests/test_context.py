@@ -412,7 +412,7 @@ BAD_OPTIONS = [
     ({"files_preserve": [987]}, "file descriptor 987"),
     ({"stdout": "/nonexistent/dir/out.log"}, "stdout: cannot open '/nonexistent/dir/out.log'"),
     ({"pidfile": object()}, "pidfile must be a context manager"),
-    ({"startup_timeout": 0}, "startup_timeout"),
+    ({"startup_timeout": -1}, "startup_timeout"),
 ]
 
 

@@ -222,3 +222,11 @@ def _children(pid: int) -> list[int]:
     from tests.helpers import children_of
 
     return children_of(pid)
+
+
+def test_startup_timeout_zero_does_not_wait_like_python_daemon(tmp_path):
+    result = _launch(tmp_path, "raise", timeout=0)
+    assert result.returncode == 0, "with startup_timeout=0 the launcher exits at once"
+    assert result.stderr == ""
+    pid = read_pid_file(tmp_path / "daemon.pid")
+    wait_pid_gone(pid)
