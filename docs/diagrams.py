@@ -269,7 +269,7 @@ def handshake() -> Svg:
             svg.text(x + 8, y + 18 + 18 * i, line, size=11.5)
 
     message(105, "shell", "launcher", "fork + exec")
-    note(115, "launcher", ["open(): check every option,", "steps 1-6, pipe2(O_CLOEXEC)"])
+    note(115, "launcher", ["open(): check every option,", "steps 1-6, pipe (close-on-exec)"])
     message(184, "launcher", "child", "fork (SIGHUP blocked)", creates=True)
     svg.rect(columns["launcher"] - 5, 200, 10, 420, fill="#ddf4ff", stroke="#0969da", radius=2,
              width=1)
