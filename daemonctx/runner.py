@@ -282,12 +282,44 @@ def _processes_holding(path: str) -> list[int]:
     return found
 
 
+def _impostor(path: str, pid: int) -> str | None:
+    """Why the lock holder ``pid`` is not the process that wrote the pidfile, if it is not.
+
+    PIDFile writes the holder's own pid under the lock, so a holder whose pid the file does not
+    name took the lock of a file it did not write: any user who can read a pidfile can
+    ``flock`` it (after a crash, say).  Such a process is never signalled.
+    """
+    from daemonctx.pidfile import PIDFile
+
+    named = PIDFile(path).read_pid()
+    if named == pid:
+        return None
+    said = f"names pid {named}" if named is not None else "names no pid"
+    return (f"pidfile {path} {said} but its lock is held by pid {pid} ({_owner_of(pid)}), "
+            f"which did not write it: not the daemon; refusing to signal it (make the pidfile "
+            f"mode 0600 if other users can read it)")
+
+
+def _owner_of(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/status", encoding="utf-8", errors="replace") as status:
+            for line in status:
+                if line.startswith("Uid:"):
+                    return f"uid {line.split()[1]}"
+    except OSError:
+        pass
+    return "uid unknown"
+
+
 def _open_holder(path: str) -> _Target | None:
     """The lock holder with a pidfd on it, checked to still hold the lock after opening."""
     for _ in range(5):
         pid = _holder_pid(path)
         if pid is None:
             return None
+        why_not = _impostor(path, pid)
+        if why_not is not None:
+            raise DaemonError(why_not)
         try:
             pidfd = os.pidfd_open(pid)
         except ProcessLookupError:
@@ -735,6 +767,9 @@ def daemon_status(pidfile_path: str | os.PathLike[str]) -> DaemonStatus:
         return DaemonStatus(path, STATUS_DEAD_PIDFILE_EXISTS, "dead", named,
                             f"not running, but pidfile {path} exists ({detail}; nobody "
                             f"holds its lock)")
+    why_not = _impostor(path, pid)
+    if why_not is not None:
+        return DaemonStatus(path, STATUS_UNKNOWN, "unknown", pid, f"status unknown: {why_not}")
     holds = _holds_lock(pid, _file_identity(path))
     if holds is False:
         holders = tuple(_processes_holding(path))

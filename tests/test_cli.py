@@ -784,3 +784,33 @@ def test_program_using_daemoncontext_is_not_detached_twice_and_keeps_the_lock(tm
     assert os.path.exists(f"/proc/{pid}/fd/{lock_fd}"), "DaemonContext closed the lock fd"
     assert run_cli("stop", "--pidfile", str(pid_path)).returncode == 0
     assert holder_pid(pid_path) is None
+
+
+def test_stop_never_signals_a_process_that_locked_a_pidfile_it_did_not_write(world_dir,
+                                                                             pidfiles,
+                                                                             spawned):
+    # After a crash the pidfile stays, naming a dead pid; any user who can read it can flock
+    # it.  Such a holder is not the daemon: stop and status must not take it for one.
+    pid_path = world_dir.parent / "app.pid"
+    pidfiles.append(pid_path)
+    pid_path.write_text("999999\n")
+    os.chmod(pid_path, 0o644)
+    squatter = write_script(world_dir, f"""
+        import fcntl, os, signal
+        os.setgid(65534); os.setuid(65534)           # an unprivileged local user
+        fd = os.open({str(pid_path)!r}, os.O_RDONLY)  # read access is all flock needs
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        print("locked", flush=True)
+        signal.pause()
+    """, "squatter.py")
+    proc = subprocess.Popen([PYTHON, str(squatter)], stdout=subprocess.PIPE, text=True)
+    spawned.append(proc.pid)
+    assert proc.stdout is not None and proc.stdout.readline() == "locked\n"
+    stop = run_cli("stop", "--pidfile", str(pid_path))
+    assert stop.returncode == 3
+    assert f"held by pid {proc.pid} (uid 65534), which did not write it" in stop.stderr
+    assert proc.poll() is None, "the squatter was signalled"
+    status = run_cli("status", "--pidfile", str(pid_path))
+    assert status.returncode == 4
+    proc.kill()
+    proc.wait(10)
