@@ -13,18 +13,12 @@ import pwd
 import sys
 
 from daemonctx import handshake, steps
+from daemonctx._signal_module import signal
 from daemonctx.errors import DaemonError, DaemonOptionError
 from daemonctx.signals import default_signal_map, install_signal_handlers
 from daemonctx.signals import resolve_signal_map as _resolve_signal_map
 
 TYPE_CHECKING = False  # see daemonctx/__init__.py: typing is not imported at run time
-if TYPE_CHECKING:
-    import signal
-else:
-    try:  # the C module behind `signal`: the same functions, without importing enum
-        import _signal as signal
-    except ImportError:  # pragma: no cover - other interpreters
-        import signal
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
     from types import FrameType, TracebackType

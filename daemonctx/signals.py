@@ -8,16 +8,10 @@ typo is an error the caller sees instead of a daemon that dies unseen.
 
 from __future__ import annotations
 
+from daemonctx._signal_module import signal
 from daemonctx.errors import DaemonOptionError
 
 TYPE_CHECKING = False  # see daemonctx/__init__.py: typing is not imported at run time
-if TYPE_CHECKING:
-    import signal
-else:
-    try:  # the C module behind `signal`: the same functions, without importing enum
-        import _signal as signal
-    except ImportError:  # pragma: no cover - other interpreters
-        import signal
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from types import FrameType

@@ -14,16 +14,10 @@ import resource
 import stat
 import sys
 
+from daemonctx._signal_module import signal
 from daemonctx.errors import DaemonOSEnvironmentError, DaemonProcessDetachError
 
 TYPE_CHECKING = False  # see daemonctx/__init__.py: typing is not imported at run time
-if TYPE_CHECKING:
-    import signal
-else:
-    try:  # the C module behind `signal`: the same functions, without importing enum
-        import _signal as signal
-    except ImportError:  # pragma: no cover - other interpreters
-        import signal
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
     from typing import NoReturn
