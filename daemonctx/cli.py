@@ -350,7 +350,7 @@ def _one_line(exc: BaseException) -> str:
 
 def _error(command: str | None, message: str) -> None:
     prefix = f"{PROG} {command}" if command else PROG
-    _write(2, f"{prefix}: {message}")
+    _write(2, f"{prefix}: {' '.join(message.split())}")  # always one line
 
 
 def _say(verbose: bool, command: str, message: str) -> None:
@@ -421,11 +421,14 @@ def _plan_start(ns: argparse.Namespace, program: list[str]) -> _StartPlan:
 
 
 def _positive_seconds(option: str, value: float, *, allow_zero: bool) -> float:
-    import math
+    from daemonctx.context import MAX_STARTUP_TIMEOUT
 
-    if math.isnan(value) or math.isinf(value) or value < 0 or (value == 0 and not allow_zero):
-        what = "a number of seconds >= 0" if allow_zero else "a number of seconds > 0"
-        raise DaemonOptionError(f"{option}: {value:g} is not {what}")
+    # `not <=` also refuses NaN; the cap keeps every wait within what select() accepts
+    if not 0 <= value <= MAX_STARTUP_TIMEOUT or (value == 0 and not allow_zero):
+        low = "0" if allow_zero else "more than 0"
+        raise DaemonOptionError(
+            f"{option}: {value:g} is not a number of seconds from {low} to "
+            f"{MAX_STARTUP_TIMEOUT} (a year)")
     return float(value)
 
 
@@ -459,8 +462,8 @@ def _resolve_identity(user: str | None, group: str | None) -> tuple[int | None, 
     if user is not None:
         try:
             entry = pwd.getpwnam(user)
-        except KeyError:
-            if not user.isdigit():
+        except (KeyError, ValueError):  # ValueError: a NUL in the name
+            if not (user.isascii() and user.isdigit()):
                 raise DaemonOptionError(f"--user: unknown user {user!r}") from None
             uid = int(user)
             try:
@@ -473,8 +476,8 @@ def _resolve_identity(user: str | None, group: str | None) -> tuple[int | None, 
     if group is not None:
         try:
             gid = grp.getgrnam(group).gr_gid
-        except KeyError:
-            if not group.isdigit():
+        except (KeyError, ValueError):  # ValueError: a NUL in the name
+            if not (group.isascii() and group.isdigit()):
                 raise DaemonOptionError(f"--group: unknown group {group!r}") from None
             gid = int(group)
     elif uid is not None:

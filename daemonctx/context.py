@@ -28,7 +28,10 @@ if TYPE_CHECKING:
 
     StreamTarget = IO[Any] | str | os.PathLike[str] | int | None
 
-__all__ = ["DaemonContext"]
+__all__ = ["MAX_STARTUP_TIMEOUT", "DaemonContext"]
+
+#: The longest ``startup_timeout`` accepted (a year); ``None`` waits without limit.
+MAX_STARTUP_TIMEOUT = 365 * 24 * 3600
 _STREAM_NAMES = ("stdin", "stdout", "stderr")
 # Signals the pid-1 reaper passes on to the application (see _run_as_init).
 _FORWARDED_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH")
@@ -206,9 +209,10 @@ class DaemonContext:
                 os.close(write_fd)
                 self._run_launcher(read_fd, child_pid)
 
-            steps.detach_process_context(launcher)
+            steps.detach_process_context(
+                launcher, announce=lambda pid: handshake.announce_pid(write_fd, pid))
             os.close(read_fd)
-            handshake._start_reporting(write_fd, announce_now=self.defer_ready)
+            handshake._start_reporting(write_fd)
         elif os.getpid() == 1:
             _run_as_init()
         try:
@@ -248,8 +252,11 @@ class DaemonContext:
 
         Raises :class:`SystemExit` (0), so ``finally`` blocks, ``with`` exits and atexit
         handlers run: the pidfile is released and removed.  (python-daemon exits with status 1
-        here, which service managers report as a failure.)
+        here, which service managers report as a failure.)  Further deliveries of the same
+        signal are ignored from here on, so a second SIGTERM cannot cut that clean-up short;
+        SIGKILL still ends the process.
         """
+        signal.signal(signal_number, signal.SIG_IGN)
         raise SystemExit(0)
 
     def notify_ready(self) -> None:
@@ -304,15 +311,20 @@ class DaemonContext:
             self._atexit_registered = True
 
     def _run_launcher(self, read_fd: int, child_pid: int) -> NoReturn:
+        reader = handshake.ReportReader(read_fd)
         try:
-            report = handshake.wait_for_report(read_fd, self.startup_timeout)
-            if report.state == "timeout" and report.pid is not None:
+            report = reader.wait(self.startup_timeout)
+            _reap(child_pid)  # the intermediate child exits right after announcing the pid
+            if report.state == "timeout":
+                report = reader.drain()  # the pid, or a report that arrived meanwhile
+            if report.state == "timeout":
                 report = _stop_slow_daemon(report)
-            _reap(child_pid)
-            if report.state == "died" and report.pid is not None:
+            elif report.state == "died" and report.pid is not None:
                 report = _explain_death(report)
         except BaseException as exc:  # the launcher must exit, whatever happens
-            report = handshake.StartupReport("failed", None, f"launcher error: {exc!r}", 1)
+            report = handshake.StartupReport("failed", reader.pid, f"launcher error: {exc!r}", 1)
+            if reader.pid is not None and not reader.eof:
+                report = _stop_slow_daemon(report)  # nobody would report its failure
         self.on_startup_report(report)
 
     # --- option checking ----------------------------------------------------------------
@@ -328,10 +340,13 @@ class DaemonContext:
         detach = bool(self.detach_process)
         timeout = self.startup_timeout
         if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+            or not 0 <= timeout <= MAX_STARTUP_TIMEOUT  # also refuses NaN
         ):
             raise DaemonOptionError(
-                f"startup_timeout must be a number of seconds >= 0 or None, not {timeout!r}"
+                f"startup_timeout must be a number of seconds from 0 to "
+                f"{MAX_STARTUP_TIMEOUT} (a year), or None to wait as long as it takes, "
+                f"not {timeout!r}"
             )
         handlers = _resolve_signal_map(self.signal_map, self)
         if "NOTIFY_SOCKET" in os.environ:
@@ -449,8 +464,8 @@ def _resolve_user(value: object, need_entry: bool = True) -> tuple[int, str | No
     if isinstance(value, str):
         try:
             entry = pwd.getpwnam(value)
-        except KeyError:
-            if value.isdigit():
+        except (KeyError, ValueError):  # ValueError: a NUL in the name
+            if value.isascii() and value.isdigit():
                 return _resolve_user(int(value), need_entry)
             raise DaemonOptionError(f"uid: unknown user {value!r}") from None
         return entry.pw_uid, entry.pw_name, entry.pw_gid
@@ -475,8 +490,8 @@ def _resolve_group(value: object, uid_option: object) -> int:
 
         try:
             return grp.getgrnam(value).gr_gid
-        except KeyError:
-            if value.isdigit():
+        except (KeyError, ValueError):  # ValueError: a NUL in the name
+            if value.isascii() and value.isdigit():
                 return _resolve_group(int(value), uid_option)
             raise DaemonOptionError(f"gid: unknown group {value!r}") from None
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32 - 1:
@@ -521,7 +536,7 @@ def _fd_of(name: str, item: object) -> int:
             raise DaemonOptionError(f"{name}: {item!r}.fileno() returned {fd!r}, not an int")
     try:
         os.fstat(fd)
-    except OSError:
+    except (OSError, OverflowError):  # OverflowError: beyond a C int, so never open
         raise DaemonOptionError(f"{name}: file descriptor {fd} ({item!r}) is not open") from None
     return fd
 
@@ -610,15 +625,23 @@ def _reap(pid: int) -> None:
 
 
 def _stop_slow_daemon(report: handshake.StartupReport) -> handshake.StartupReport:
-    """After a timeout the daemon still holds the pipe, so its pid is still its own: stop it."""
-    assert report.pid is not None
+    """Stop a daemon whose start-up the launcher gave up on, so nothing half-started remains.
+
+    The pipe is still open at the daemon's end (no end of file), so the pid it was announced
+    with is still the daemon's: it cannot have been recycled.
+    """
+    if report.pid is None:
+        return report
     try:
         os.kill(report.pid, signal.SIGTERM)
         note = f"; sent SIGTERM to pid {report.pid}"
     except OSError:
         note = ""
-    message = f"daemon (pid {report.pid}) did not report readiness in time{note}"
-    return handshake.StartupReport("timeout", report.pid, message, report.exit_status)
+    if report.state == "timeout":
+        message = f"daemon (pid {report.pid}) did not report readiness in time{note}"
+    else:
+        message = f"{report.message}{note}"
+    return handshake.StartupReport(report.state, report.pid, message, report.exit_status)
 
 
 def _explain_death(report: handshake.StartupReport) -> handshake.StartupReport:

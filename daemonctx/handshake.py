@@ -94,23 +94,26 @@ def _unescape(text: str) -> str:
 _report_fd: int | None = None
 _report_pid: int | None = None
 _ready_sent = False
-_pid_line = ""  # "P <pid>" not yet sent: it goes out with the next write
 
 
-def _start_reporting(fd: int, announce_now: bool) -> None:
-    """Called by DaemonContext in the daemon, right after the second fork.
+def announce_pid(fd: int, pid: int) -> None:
+    """In the intermediate child: tell the launcher the daemon's pid (``P <pid>``).
 
-    With ``announce_now`` the pid is sent at once (a long start-up: the launcher can then
-    name and stop a daemon that takes too long); otherwise it goes out with the report, in
-    the same write.
+    Sent by the process that forked the daemon, so the launcher knows the pid before the daemon
+    runs a single step, and can name (and stop) a daemon that is slow or outlives it.
     """
-    global _report_fd, _report_pid, _ready_sent, _pid_line
+    try:
+        os.write(fd, f"P {pid}\n".encode())
+    except OSError:
+        pass
+
+
+def _start_reporting(fd: int) -> None:
+    """Called by DaemonContext in the daemon, right after the second fork."""
+    global _report_fd, _report_pid, _ready_sent
     _report_fd = fd
     _report_pid = os.getpid()
     _ready_sent = False
-    _pid_line = f"P {_report_pid}\n"
-    if announce_now:
-        _write("")
 
 
 def report_fd() -> int | None:
@@ -119,11 +122,9 @@ def report_fd() -> int | None:
 
 
 def _write(line: str) -> None:
-    global _pid_line
     if _report_fd is None:
         return
-    data = (_pid_line + line).encode("utf-8", "replace")
-    _pid_line = ""
+    data = line.encode("utf-8", "replace")
     try:
         while data:
             written = os.write(_report_fd, data)
@@ -217,46 +218,71 @@ def close_in_child() -> None:
 # --- the launcher's side -------------------------------------------------------------------
 
 
-def wait_for_report(read_fd: int, timeout: float | None) -> StartupReport:
-    """Read the daemon's report from ``read_fd`` until end of file or ``timeout`` seconds.
+class ReportReader:
+    """The launcher's side: reads and parses the daemon's lines from the pipe.
 
-    The last report wins (``X`` followed by ``E`` means the exec failed).
+    The last report wins (``X`` followed by ``E`` means the exec failed); ``pid`` is known as
+    soon as the intermediate child announced it, even if the wait then fails.
     """
-    deadline = None if timeout is None else time.monotonic() + timeout
-    buffer = b""
-    pid: int | None = None
-    state: StartupState | None = None
-    message = ""
-    status = 1
-    while True:
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        ready, _, _ = select.select([read_fd], [], [], remaining)
-        if not ready:
-            return StartupReport(
-                "timeout", pid, f"no start-up report within {timeout:g} s", 1
-            )
-        chunk = os.read(read_fd, 4096)
-        buffer += chunk
-        *lines, rest = buffer.split(b"\n")
-        buffer = rest
+
+    def __init__(self, read_fd: int) -> None:
+        self.read_fd = read_fd
+        self.pid: int | None = None
+        self.state: StartupState | None = None
+        self.message = ""
+        self.status = 1
+        self.eof = False
+        self._buffer = b""
+
+    def wait(self, timeout: float | None) -> StartupReport:
+        """Read until a final report, end of file, or ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.eof and self.state not in ("ready", "failed"):
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([self.read_fd], [], [], remaining)[0]:
+                return StartupReport("timeout", self.pid,
+                                     f"no start-up report within {timeout:g} s", 1)
+            self._feed(os.read(self.read_fd, 4096))
+        return self.report()
+
+    def drain(self) -> StartupReport:
+        """Read whatever is already in the pipe, without waiting (after a timeout)."""
+        os.set_blocking(self.read_fd, False)
+        try:
+            while not self.eof:
+                self._feed(os.read(self.read_fd, 4096))
+        except BlockingIOError:
+            pass
+        return self.report()
+
+    def report(self) -> StartupReport:
+        """What was read so far, as a report (``died`` at end of file without one)."""
+        if self.state is not None:
+            return StartupReport(self.state, self.pid, self.message, self.status)
+        who = f"daemon (pid {self.pid})" if self.pid else "daemon"
+        if self.eof:
+            return StartupReport("died", self.pid,
+                                 f"{who} exited during start-up without a report", 1)
+        return StartupReport("timeout", self.pid, f"{who} did not report readiness in time", 1)
+
+    def _feed(self, chunk: bytes) -> None:
+        if not chunk:
+            self.eof = True
+        *lines, self._buffer = (self._buffer + chunk).split(b"\n")
         for raw in lines:
-            line = raw.decode("utf-8", "replace")
-            kind, _, arg = line.partition(" ")
-            if kind == "P" and arg.isdigit():
-                pid = int(arg)
+            kind, _, arg = raw.decode("utf-8", "replace").partition(" ")
+            if kind == "P" and arg.isascii() and arg.isdigit():
+                self.pid = int(arg)
             elif kind == "R":
-                state, message, status = "ready", "daemon is ready", 0
+                self.state, self.message, self.status = "ready", "daemon is ready", 0
             elif kind == "X":
-                state, message, status = "exec", "program started", 0
+                self.state, self.message, self.status = "exec", "program started", 0
             elif kind == "E":
                 code, _, text = arg.partition(" ")
-                state, message = "failed", _unescape(text)
-                status = int(code) if code.isdigit() and int(code) > 0 else 1
-        if not chunk:
-            break
-        if state in ("ready", "failed"):
-            break
-    if state is None:
-        who = f"daemon (pid {pid})" if pid else "daemon"
-        return StartupReport("died", pid, f"{who} exited during start-up without a report", 1)
-    return StartupReport(state, pid, message, status)
+                self.state, self.message = "failed", _unescape(text)
+                self.status = int(code) if code.isdigit() and int(code) > 0 else 1
+
+
+def wait_for_report(read_fd: int, timeout: float | None) -> StartupReport:
+    """Read the daemon's report from ``read_fd`` until end of file or ``timeout`` seconds."""
+    return ReportReader(read_fd).wait(timeout)

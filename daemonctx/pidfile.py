@@ -750,6 +750,14 @@ def _open_for_locking(path: str, mode: int) -> int:
     try:
         fd = os.open(path, _OPEN_FLAGS, mode)
     except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            # Linux's protected_symlinks / protected_regular answer EACCES, even to root, for
+            # a link or another user's file planted in a sticky directory since the lstat:
+            # name the real reason, not a permission problem.
+            try:
+                _check_file(path, os.lstat(path), dir_st, uid)
+            except FileNotFoundError:
+                pass
         raise _open_error(path, directory, exc) from exc
     try:
         _check_file(path, os.fstat(fd), dir_st, uid)

@@ -282,16 +282,29 @@ def _processes_holding(path: str) -> list[int]:
     return found
 
 
+#: Seconds a lock holder gets to write its pid before it is taken for an impostor.
+IMPOSTOR_GRACE = 1.0
+
+
 def _impostor(path: str, pid: int) -> str | None:
     """Why the lock holder ``pid`` is not the process that wrote the pidfile, if it is not.
 
     PIDFile writes the holder's own pid under the lock, so a holder whose pid the file does not
     name took the lock of a file it did not write: any user who can read a pidfile can
-    ``flock`` it (after a crash, say).  Such a process is never signalled.
+    ``flock`` it (after a crash, say).  Such a process is never signalled.  A daemon caught
+    between its ``flock`` and its pid write (a stop racing a start) gets a second to write.
     """
+    import time
+
     from daemonctx.pidfile import PIDFile
 
-    named = PIDFile(path).read_pid()
+    deadline = time.monotonic() + IMPOSTOR_GRACE
+    delay = 0.001
+    while (named := PIDFile(path).read_pid()) != pid and time.monotonic() < deadline:
+        if _holder_pid(path) != pid:
+            return None  # the lock changed hands: the caller looks again
+        time.sleep(delay)  # nothing to wait on: the holder writes the file, then nothing
+        delay = min(delay * 2, 0.05)
     if named == pid:
         return None
     said = f"names pid {named}" if named is not None else "names no pid"

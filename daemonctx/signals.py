@@ -13,11 +13,12 @@ from daemonctx.errors import DaemonOptionError
 
 TYPE_CHECKING = False  # see daemonctx/__init__.py: typing is not imported at run time
 if TYPE_CHECKING:
+    import signal as signal_enums  # the enum-based module: for annotations only
     from collections.abc import Callable, Mapping
     from types import FrameType
     from typing import Any
 
-    Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+    Handler = Callable[[int, FrameType | None], Any] | int | signal_enums.Handlers | None
 
 __all__ = ["Handler", "default_signal_map", "install_signal_handlers", "resolve_signal_map"]
 
@@ -93,9 +94,8 @@ def resolve_signal_map(signal_map: Mapping[Any, object], owner: object) -> dict[
                     f"signal_map[{_signal_name(signum)}]: {owner_name} has no method {target!r}"
                 )
             handler = method
-        elif target in (signal.SIG_DFL, signal.SIG_IGN):
-            handler = target  # type: ignore[assignment]
-        elif callable(target):
+        elif (isinstance(target, int) and not isinstance(target, bool)
+              and target in (signal.SIG_DFL, signal.SIG_IGN)) or callable(target):
             handler = target
         else:
             raise DaemonOptionError(

@@ -139,7 +139,7 @@ def ensure_standard_fds_open() -> None:
 
 
 def detach_process_context(
-    launcher: Callable[[int], NoReturn], before_fork: Callable[[], None] | None = None
+    launcher: Callable[[int], NoReturn], announce: Callable[[int], None] | None = None
 ) -> None:
     """Fork, ``setsid``, fork again: on return the caller is the daemon, in a new session.
 
@@ -148,7 +148,9 @@ def detach_process_context(
     session, so it can never acquire a terminal again, and orphans it so init adopts it.
 
     In the original process ``launcher(child_pid)`` is called and must not return: it waits for
-    the daemon's start-up report.  SIGHUP is blocked across the first fork and ``setsid`` so
+    the daemon's start-up report.  In the intermediate child, ``announce(daemon_pid)`` is called
+    right after the second fork, before it exits: the launcher learns the daemon's pid at
+    once, off the daemon's own path.  SIGHUP is blocked across the first fork and ``setsid`` so
     that a launcher that leads a pty session (``ssh -t``, ``script``) cannot kill the child
     with the hang-up sent when it exits; the daemon resets the mask later.
     """
@@ -164,8 +166,6 @@ def detach_process_context(
         launcher(pid)
     try:
         os.setsid()
-        if before_fork is not None:
-            before_fork()
         pid = os.fork()
     except OSError as exc:
         # The intermediate child cannot raise into the caller's code: the launcher is waiting
@@ -173,6 +173,8 @@ def detach_process_context(
         os.write(2, f"daemonctx: failed second fork or setsid: {exc}\n".encode())
         os._exit(1)
     if pid > 0:
+        if announce is not None:
+            announce(pid)
         os._exit(0)
 
 

@@ -181,7 +181,7 @@ def zombies_of(pid: int) -> list[int]:
 def _state_or_none(pid: int) -> str | None:
     try:
         return proc_state(pid)
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # reaped while we read it
         return None
 
 
@@ -197,8 +197,10 @@ def run_python(script: Path, *args: str, timeout: float = DEFAULT_TIMEOUT,
                env: dict[str, str] | None = None,
                **kwargs: object) -> subprocess.CompletedProcess[str]:
     """Run ``script`` with this interpreter and wait (bounded) for it to exit."""
-    return subprocess.run([PYTHON, str(script), *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, **kwargs)  # type: ignore[call-overload]
+    result: subprocess.CompletedProcess[str] = subprocess.run(  # type: ignore[call-overload]
+        [PYTHON, str(script), *args], capture_output=True, text=True, timeout=timeout,
+        env=env, **kwargs)
+    return result
 
 
 def read_pid_file(path: Path, timeout: float = DEFAULT_TIMEOUT) -> int:
@@ -209,7 +211,9 @@ def read_pid_file(path: Path, timeout: float = DEFAULT_TIMEOUT) -> int:
         except FileNotFoundError:
             return None
         return int(text) if text.isdigit() else None
-    return int(wait_for(read, timeout, f"a pid in {path}"))  # type: ignore[arg-type]
+    pid = wait_for(read, timeout, f"a pid in {path}")
+    assert isinstance(pid, int)
+    return pid
 
 
 def wait_file_text(path: Path, timeout: float = DEFAULT_TIMEOUT,

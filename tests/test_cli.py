@@ -398,7 +398,7 @@ def test_command_that_cannot_be_executed_by_the_user_fails_with_the_reason(world
     (["start", "--pidfile", "{tmp}/a.pid", "--env", "NOEQUALS", "--", "/bin/true"],
      "--env: 'NOEQUALS' is not NAME=VALUE"),
     (["start", "--pidfile", "{tmp}/a.pid", "--timeout", "0", "--", "/bin/true"],
-     "--timeout: 0 is not a number of seconds > 0"),
+     "--timeout: 0 is not a number of seconds from more than 0 to"),
     (["start", "--pidfile", "{tmp}/a.pid", "--stdout", "{tmp}/nope/log", "--", "/bin/true"],
      "--stdout: directory {tmp}/nope does not exist"),
     (["start", "--pidfile", "{tmp}/a.pid", "--chroot", "{tmp}/nope", "--", "/bin/true"],

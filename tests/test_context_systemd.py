@@ -10,14 +10,15 @@ import subprocess
 from tests.helpers import PYTHON, Subreaper, read_pid_file, wait_pid_gone, write_script
 
 APP = """
-import os, sys, signal
+import os, sys, signal, select
 import daemonctx
 with daemonctx.DaemonContext():
     with open(sys.argv[1] + ".tmp", "w") as f:
         f.write(str(os.getpid()))
     os.rename(sys.argv[1] + ".tmp", sys.argv[1])
-    while True:
-        signal.pause()
+    _r, _w = os.pipe(); os.set_blocking(_w, False); signal.set_wakeup_fd(_w)
+    while True:  # not signal.pause(): a signal just before it would be lost
+        select.select([_r], [], []); os.read(_r, 512)
 """
 
 

@@ -164,7 +164,7 @@ except daemonctx.DaemonError as exc:
 # --- pid 1 of a container ----------------------------------------------------------------
 
 PID1_APP = """
-import os, sys, time, signal
+import os, sys, time, signal, select
 import daemonctx
 
 out = sys.argv[1]
@@ -190,8 +190,9 @@ with daemonctx.DaemonContext(stdout=out + ".log", stderr=out + ".log"):
     with open(out, "w") as f:
         f.write(f"{os.getpid()} {state}")
     if len(sys.argv) > 2:
-        while True:
-            signal.pause()
+        _r, _w = os.pipe(); os.set_blocking(_w, False); signal.set_wakeup_fd(_w)
+        while True:  # not signal.pause(): a signal just before it would be lost
+            select.select([_r], [], []); os.read(_r, 512)
 """
 
 
