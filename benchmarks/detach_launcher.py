@@ -13,7 +13,7 @@ CONTENDER is one of: ``reference`` (the minimal floor written for the benchmark:
 setsid, chdir, umask, closerange(3, soft limit), dup2 of /dev/null), ``reference-handshake``
 (the same, with a launcher that waits for one byte from the daemon), ``daemonctx`` (default
 DaemonContext: its launcher waits for the start-up report), ``daemonctx-nowait`` (the same with
-the launcher exiting at once instead of waiting, through a private override; see README),
+``startup_timeout=0``: no handshake, the launcher exits right after the first fork),
 ``python-daemon`` and ``daemonize``.
 """
 
@@ -25,7 +25,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import NoReturn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLOCK = time.CLOCK_MONOTONIC
@@ -99,17 +99,10 @@ def make_opener(contender: str, main: Callable[[], NoReturn], scratch: str) -> C
         sys.path.insert(0, REPO)
         from daemonctx import DaemonContext
 
-        cls: Any = DaemonContext
-        if contender == "daemonctx-nowait":
-            if not hasattr(DaemonContext, "_run_launcher"):
-                raise SystemExit("daemonctx-nowait: DaemonContext._run_launcher is gone")
-
-            class NoWaitContext(DaemonContext):  # type: ignore[misc]
-                def _run_launcher(self, read_fd: int, child_pid: int) -> NoReturn:
-                    os._exit(0)
-
-            cls = NoWaitContext
-        return cls().open  # type: ignore[no-any-return]
+        # startup_timeout=0: no handshake at all, the launcher exits right after the first
+        # fork (python-daemon's behaviour)
+        timeout = 0 if contender == "daemonctx-nowait" else 60.0
+        return DaemonContext(startup_timeout=timeout).open
     if contender == "python-daemon":
         import daemon
 

@@ -241,9 +241,9 @@ def render_page(results: dict[str, Any], plots: dict[str, str]) -> str:
             "detaches, and again first thing in the daemon's main. *launcher wall*: spawning "
             "the launcher → the launcher has exited (interpreter start-up and imports "
             "included). *daemon RSS*: the daemon's VmHWM once its main runs. "
-            "`daemonctx, launcher not waiting` replaces the launcher's wait for the start-up "
-            "report by an immediate exit (a private override: DaemonContext has no option for "
-            "it), which isolates the handshake's cost.",
+            "`daemonctx, launcher not waiting` is `DaemonContext(startup_timeout=0)`: no "
+            "start-up handshake, the launcher exits right after the first fork (python-daemon's "
+            "behaviour), which isolates the handshake's cost.",
             "",
         ]
         for nofile, metrics in d["by_limit"].items():
@@ -356,7 +356,7 @@ def write_plots(results: dict[str, Any], static_dir: Path) -> dict[str, str]:
     written: dict[str, str] = {}
     if "detach" in results:
         d = results["detach"]
-        limits = [int(n) for n in d["by_limit"]]
+        limits = sorted(int(n) for n in d["by_limit"])
         fig, ax = plt.subplots(figsize=(9.5, 4.2))
         for name in d["contenders"]:
             series = [taken(d["by_limit"][str(n)]["latency_ms"][name]) for n in limits]

@@ -190,33 +190,38 @@ class DaemonContext:
             return
         steps.ensure_standard_fds_open()
         plan = self._prepare()
+        # Read now: before a chroot hides /proc, and before forking (after a fork each page
+        # the daemon touches is copied).  The daemon inherits these fds plus the pipes made
+        # below (and, in a multi-threaded program, what another thread opens meanwhile).
+        hint = steps.highest_open_fd()
+        ignored = steps.ignored_signals(keep=plan.handlers)
         try:
             self._run_steps_before_fork(plan)
         except BaseException:
             plan.undo()
             raise
-        # Without /proc after a chroot, the fds to close are bounded by what is open now.
-        hint = steps.highest_open_fd() if plan.chroot is not None else None
         if plan.detach and self.startup_timeout == 0:
             steps.detach_process_context(lambda child_pid: os._exit(0))
         elif plan.detach:
             read_fd, write_fd = os.pipe()  # close-on-exec, as every fd Python creates
+            pid_read, pid_write = os.pipe()  # the daemon's pid, from the intermediate child
             plan.keep_fds.add(write_fd)
             if hint is not None:
-                hint = max(hint, read_fd, write_fd)
+                hint = max(hint, read_fd, write_fd, pid_read, pid_write)
 
             def launcher(child_pid: int) -> NoReturn:
                 os.close(write_fd)
-                self._run_launcher(read_fd, child_pid)
+                os.close(pid_write)
+                self._run_launcher(read_fd, pid_read, child_pid)
 
             steps.detach_process_context(
-                launcher, announce=lambda pid: handshake.announce_pid(write_fd, pid))
-            os.close(read_fd)
+                launcher, announce=lambda pid: handshake.announce_pid(pid_write, pid))
+            os.close(read_fd)  # pid_read and pid_write go with the inherited fds
             handshake._start_reporting(write_fd)
         elif os.getpid() == 1:
             _run_as_init()
         try:
-            self._run_steps_after_fork(plan, hint)
+            self._run_steps_after_fork(plan, hint, ignored)
         except BaseException as exc:
             if not plan.detach:
                 raise
@@ -290,10 +295,11 @@ class DaemonContext:
         steps.change_process_owner(plan.uid, plan.gid, plan.groups)
         steps.flush_standard_streams()
 
-    def _run_steps_after_fork(self, plan: _Plan, highest_hint: int | None) -> None:
-        steps.reset_inherited_signal_state(keep=plan.handlers)
+    def _run_steps_after_fork(self, plan: _Plan, highest_fd: int | None,
+                              ignored_signals: list[int]) -> None:
+        steps.reset_inherited_signal_state(ignored_signals)
         install_signal_handlers(plan.handlers)
-        steps.close_inherited_fds(plan.keep_fds, highest_hint)
+        steps.close_inherited_fds(plan.keep_fds, highest_fd)
         for stream_fd, target in enumerate(plan.stream_fds):
             if target is not None:
                 steps.redirect_stream(target, stream_fd)
@@ -310,18 +316,23 @@ class DaemonContext:
             atexit.register(self.close)
             self._atexit_registered = True
 
-    def _run_launcher(self, read_fd: int, child_pid: int) -> NoReturn:
-        reader = handshake.ReportReader(read_fd)
+    def _run_launcher(self, read_fd: int, pid_fd: int, child_pid: int) -> NoReturn:
+        reader = handshake.ReportReader(read_fd, pid_fd)
         try:
             report = reader.wait(self.startup_timeout)
             _reap(child_pid)  # the intermediate child exits right after announcing the pid
-            if report.state == "timeout":
-                report = reader.drain()  # the pid, or a report that arrived meanwhile
+            reader.learn_pid()
+            # after a timeout, a report may have arrived meanwhile
+            report = reader.drain() if report.state == "timeout" else reader.report()
             if report.state == "timeout":
                 report = _stop_slow_daemon(report)
             elif report.state == "died" and report.pid is not None:
                 report = _explain_death(report)
         except BaseException as exc:  # the launcher must exit, whatever happens
+            try:
+                reader.learn_pid()
+            except BaseException:
+                pass
             report = handshake.StartupReport("failed", reader.pid, f"launcher error: {exc!r}", 1)
             if reader.pid is not None and not reader.eof:
                 report = _stop_slow_daemon(report)  # nobody would report its failure

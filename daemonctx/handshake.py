@@ -99,8 +99,9 @@ _ready_sent = False
 def announce_pid(fd: int, pid: int) -> None:
     """In the intermediate child: tell the launcher the daemon's pid (``P <pid>``).
 
-    Sent by the process that forked the daemon, so the launcher knows the pid before the daemon
-    runs a single step, and can name (and stop) a daemon that is slow or outlives it.
+    Sent by the process that forked the daemon, on a pipe of its own that the launcher reads
+    only when it needs the pid (a timeout, a death, an error): it can then name and stop a
+    daemon that is slow or outlives it, and a start that goes well wakes the launcher once.
     """
     try:
         os.write(fd, f"P {pid}\n".encode())
@@ -221,12 +222,14 @@ def close_in_child() -> None:
 class ReportReader:
     """The launcher's side: reads and parses the daemon's lines from the pipe.
 
-    The last report wins (``X`` followed by ``E`` means the exec failed); ``pid`` is known as
-    soon as the intermediate child announced it, even if the wait then fails.
+    The last report wins (``X`` followed by ``E`` means the exec failed).  ``pid_fd`` is the
+    pipe on which the intermediate child announced the daemon's pid (see :func:`announce_pid`),
+    read by :meth:`learn_pid` once that child has exited.
     """
 
-    def __init__(self, read_fd: int) -> None:
+    def __init__(self, read_fd: int, pid_fd: int | None = None) -> None:
         self.read_fd = read_fd
+        self.pid_fd = pid_fd
         self.pid: int | None = None
         self.state: StartupState | None = None
         self.message = ""
@@ -244,6 +247,19 @@ class ReportReader:
                                      f"no start-up report within {timeout:g} s", 1)
             self._feed(os.read(self.read_fd, 4096))
         return self.report()
+
+    def learn_pid(self) -> int | None:
+        """Read the intermediate child's announcement (call once it has exited); the pid."""
+        fd, self.pid_fd = self.pid_fd, None
+        if fd is not None:
+            try:
+                os.set_blocking(fd, False)
+                self._feed(os.read(fd, 64), final=False)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        return self.pid
 
     def drain(self) -> StartupReport:
         """Read whatever is already in the pipe, without waiting (after a timeout)."""
@@ -265,8 +281,8 @@ class ReportReader:
                                  f"{who} exited during start-up without a report", 1)
         return StartupReport("timeout", self.pid, f"{who} did not report readiness in time", 1)
 
-    def _feed(self, chunk: bytes) -> None:
-        if not chunk:
+    def _feed(self, chunk: bytes, final: bool = True) -> None:
+        if not chunk and final:
             self.eof = True
         *lines, self._buffer = (self._buffer + chunk).split(b"\n")
         for raw in lines:

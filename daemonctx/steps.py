@@ -33,6 +33,7 @@ __all__ = [
     "ensure_standard_fds_open",
     "flush_standard_streams",
     "highest_open_fd",
+    "ignored_signals",
     "is_socket_fd",
     "prevent_core_dump",
     "redirect_stream",
@@ -178,23 +179,36 @@ def detach_process_context(
         os._exit(0)
 
 
-def reset_inherited_signal_state(keep: Iterable[int] = ()) -> None:
-    """Unblock every signal and reset inherited ``SIG_IGN`` dispositions to the default.
+def ignored_signals(keep: Iterable[int] = ()) -> list[int]:
+    """The signals currently ignored (``SIG_IGN``), but those in ``keep`` and CPython's own.
 
-    A launcher (a shell, nohup, a CI runner) may have blocked or ignored signals; without this
-    the daemon would silently ignore SIGTERM or SIGHUP.  Signals in ``keep`` (those the signal
-    map sets next) and the ones CPython manages itself (SIGPIPE, SIGXFSZ) are left alone.
+    Computed before forking (reading dispositions is cheap there; after a fork every page the
+    loop touches is copied), for :func:`reset_inherited_signal_state` to reset in the daemon.
     """
-    signal.pthread_sigmask(signal.SIG_SETMASK, ())
-    skip = set(keep) | _PYTHON_MANAGED_SIGNALS
+    skip = set(keep) | _PYTHON_MANAGED_SIGNALS | {signal.SIGKILL, signal.SIGSTOP}
+    found: list[int] = []
     for signum in signal.valid_signals():
-        if signum in skip or signum in (signal.SIGKILL, signal.SIGSTOP):
+        if signum in skip:
             continue
         try:
             if signal.getsignal(signum) == signal.SIG_IGN:
-                signal.signal(signum, signal.SIG_DFL)
+                found.append(signum)
         except (OSError, ValueError):
             continue  # real-time signals reserved by the C library
+    return found
+
+
+def reset_inherited_signal_state(ignored: Iterable[int]) -> None:
+    """Unblock every signal and reset the ``ignored`` ones to their default action.
+
+    A launcher (a shell, nohup, a CI runner) may have blocked or ignored signals; without this
+    the daemon would silently ignore SIGTERM or SIGHUP.  ``ignored`` comes from
+    :func:`ignored_signals`, which leaves out the signals the signal map sets next and the ones
+    CPython manages itself (SIGPIPE, SIGXFSZ).
+    """
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    for signum in ignored:
+        signal.signal(signum, signal.SIG_DFL)
 
 
 def highest_open_fd() -> int | None:
@@ -221,18 +235,16 @@ def highest_open_fd() -> int | None:
     return None
 
 
-def close_inherited_fds(keep: Iterable[int], highest_hint: int | None = None) -> None:
+def close_inherited_fds(keep: Iterable[int], highest_fd: int | None = None) -> None:
     """Close every fd above 2 that is not in ``keep``, in O(open fds).
 
-    The top of the range is the highest fd actually open (from ``/proc/self/fd``), not
-    RLIMIT_NOFILE: the limit may be huge (2**20 in containers), may have been lowered below an
-    open fd, or may have changed since import.  After a chroot without ``/proc``,
-    ``highest_hint`` (taken before the chroot, plus fds opened since) bounds the range.
+    The top of the range is the highest fd actually open, not RLIMIT_NOFILE: the limit may be
+    huge (2**20 in containers), may have been lowered below an open fd, or may have changed
+    since import.  ``highest_fd`` is that fd when the caller knows it (DaemonContext lists
+    ``/proc/self/fd`` before the chroot and the forks); otherwise it is read here.
     ``os.closerange`` uses the ``close_range`` system call where the kernel has it.
     """
-    highest = highest_open_fd()
-    if highest is None:
-        highest = highest_hint
+    highest = highest_fd if highest_fd is not None else highest_open_fd()
     if highest is None:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         highest = max(soft, hard if hard != resource.RLIM_INFINITY else soft, 1024) - 1

@@ -41,7 +41,13 @@ from dataclasses import dataclass, fields, replace
 from types import FrameType, ModuleType
 from typing import Any, Literal, NoReturn
 
+from daemonctx import handshake
 from daemonctx.errors import DaemonError, DaemonOptionError
+
+if sys.platform.startswith("linux"):
+    # Loaded with the module, not when the service starts: PR_SET_PDEATHSIG goes through it,
+    # and a supervisor's start-up time is what a deploy or a restart waits for.
+    import ctypes
 
 __all__ = [
     "RestartPolicy",
@@ -586,7 +592,6 @@ class Supervisor:
         if "NOTIFY_SOCKET" in os.environ:
             __import__("daemonctx.systemd")
             __import__("socket")
-        from daemonctx import handshake
         self._handshake = handshake
         self._set_pdeathsig = _load_pdeathsig_setter()
         for signum in _HANDLED_SIGNALS:
@@ -1065,7 +1070,6 @@ def _load_pdeathsig_setter() -> Callable[[int], None] | None:
     """``prctl(PR_SET_PDEATHSIG, sig)`` through ctypes, loaded in the master; None off Linux."""
     if not sys.platform.startswith("linux") or not _use_pdeathsig:
         return None
-    import ctypes
     try:
         prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
