@@ -580,13 +580,10 @@ def _mount_device(fd: int) -> int | None:
 
 def _holder_pid_by_probe(path: str) -> int | None:
     """Fallback without /proc/locks: a non-blocking shared flock tells whether it is held."""
-    try:
-        fd = os.open(path, _READ_FLAGS)
-    except OSError:
+    fd = _open_regular_for_reading(path)
+    if fd is None:
         return None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -663,14 +660,26 @@ def _parse_pid(data: bytes) -> int | None:
     return pid if pid > 0 else None
 
 
-def _read_pid_file(path: str) -> int | None:
+def _open_regular_for_reading(path: str) -> int | None:
+    """An fd on ``path`` if it is a regular file (never following a link); None otherwise."""
     try:
         fd = os.open(path, _READ_FLAGS)
     except OSError:
         return None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
+def _read_pid_file(path: str) -> int | None:
+    fd = _open_regular_for_reading(path)
+    if fd is None:
+        return None
+    try:
         return _parse_pid(os.pread(fd, _PID_READ_LIMIT, 0))
     except OSError:
         return None
