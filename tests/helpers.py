@@ -285,3 +285,94 @@ class Subreaper:
     def wait_exit(self, timeout: float = DEFAULT_TIMEOUT) -> int:
         """Wait for the harness itself to finish (no descendant left)."""
         return self.process.wait(timeout)
+
+
+def wait_pidfds(pids: list[int], timeout: float = DEFAULT_TIMEOUT) -> None:
+    """Wait until every one of ``pids`` has exited, watching pidfds (an event, not a poll).
+
+    The pidfds should be opened while the processes are known to be ours; here they are opened
+    on entry, so a pid that is already gone counts as exited.
+    """
+    fds: list[int] = []
+    try:
+        for pid in pids:
+            try:
+                fds.append(os.pidfd_open(pid))
+            except ProcessLookupError:
+                continue
+        deadline = time.monotonic() + timeout
+        waiting = list(fds)
+        while waiting:
+            remaining = deadline - time.monotonic()
+            ready, _, _ = select.select(waiting, [], [], max(0.0, remaining))
+            if not ready:
+                raise WaitTimeoutError(f"{len(waiting)} of {pids} still alive after {timeout} s")
+            waiting = [fd for fd in waiting if fd not in ready]
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of ``pid`` in clock ticks, from ``/proc/<pid>/stat``."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    rest = text[text.rindex(")") + 2:].split()
+    # rest[0] is field 3 (state); utime and stime are fields 14 and 15.
+    return int(rest[11]) + int(rest[12])
+
+
+def live_children(pid: int) -> list[int]:
+    """Children of ``pid`` that are alive (not zombies)."""
+    return [c for c in children_of(pid) if pid_exists(c)]
+
+
+def wait_live_children(pid: int, count: int, without: tuple[int, ...] = (),
+                       timeout: float = DEFAULT_TIMEOUT) -> list[int]:
+    """Wait until ``pid`` has exactly ``count`` live children, none of them in ``without``."""
+    def check() -> list[int] | None:
+        children = live_children(pid)
+        if len(children) == count and not set(children) & set(without):
+            return children
+        return None
+    return wait_for(check, timeout, f"{count} live children of {pid}")  # type: ignore[return-value]
+
+
+def wait_child_status(pid: int, timeout: float = 15.0) -> int:
+    """Wait (bounded, on a pidfd) for our child ``pid`` to exit; reap it, return its exit code.
+
+    On timeout the child is killed and reaped before the test fails.
+    """
+    fd = os.pidfd_open(pid)
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)
+    if not ready:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise AssertionError(f"child {pid} still running after {timeout} s (killed)")
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def fork_call(function: Callable[[], int]) -> int:
+    """Fork a child that runs ``function`` and exits with its result (1 if it raises)."""
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            status = function()
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(status)
+    return pid
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited and been reaped."""
+    pid = fork_call(lambda: 0)
+    wait_child_status(pid)
+    return pid

@@ -36,10 +36,13 @@ from daemonctx.pidfile import (
 )
 from tests.helpers import (
     PYTHON,
+    dead_pid,
+    fork_call,
     kill_and_wait,
     open_fds,
     read_pid_file,
     run_python,
+    wait_child_status,
     wait_for,
     wait_pid_gone,
     write_script,
@@ -112,47 +115,6 @@ def start_holder(tmp_path: Path) -> Iterator[Callable[..., Holder]]:
         for stream in (holder.proc.stdin, holder.proc.stdout):
             if stream is not None and not stream.closed:
                 stream.close()
-
-
-def wait_child_status(pid: int, timeout: float = 15.0) -> int:
-    """Wait (bounded, on a pidfd) for our child ``pid`` to exit; reap it, return its exit code.
-
-    On timeout the child is killed and reaped before the test fails.
-    """
-    fd = os.pidfd_open(pid)
-    try:
-        ready, _, _ = select.select([fd], [], [], timeout)
-    finally:
-        os.close(fd)
-    if not ready:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        raise AssertionError(f"child {pid} still running after {timeout} s (killed)")
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
-
-
-def fork_call(function: Callable[[], int]) -> int:
-    """Fork a child that runs ``function`` and exits with its result (1 if it raises)."""
-    pid = os.fork()
-    if pid == 0:
-        status = 1
-        try:
-            status = function()
-        except BaseException:
-            import traceback
-
-            traceback.print_exc()
-        finally:
-            os._exit(status)
-    return pid
-
-
-def dead_pid() -> int:
-    """The pid of a process that has exited and been reaped."""
-    pid = fork_call(lambda: 0)
-    wait_child_status(pid)
-    return pid
 
 
 def flock_lines(path: Path) -> list[str]:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from daemonctx.pidfile import PIDFile, PIDFileLockedError, holder_pid
-from tests.test_pidfile import dead_pid, fork_call, wait_child_status
+from tests.helpers import dead_pid, fork_call, wait_child_status
 
 STARTERS = 16
 ROUNDS = 50

@@ -11,10 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import children_of, pid_exists, wait_pid_gone, zombies_of
-from tests.test_supervisor_support import (
+from tests.helpers import (
+    children_of,
     cpu_ticks,
     live_children,
+    pid_exists,
+    wait_pid_gone,
+    zombies_of,
+)
+from tests.test_supervisor_support import (
     pids_from,
     supervisor_script,
     terminate_and_wait,

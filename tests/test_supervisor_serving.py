@@ -15,19 +15,19 @@ import pytest
 from tests.helpers import (
     REPO,
     kill_tree,
+    live_children,
+    pid_exists,
     read_pid_file,
     run_python,
     wait_for,
+    wait_live_children,
     wait_pid_gone,
+    wait_pidfds,
     write_script,
 )
 from tests.test_supervisor_support import (
-    live,
-    live_children,
     supervisor_script,
     terminate_and_wait,
-    wait_live_children,
-    wait_pidfds,
 )
 
 
@@ -282,7 +282,7 @@ def test_prefork_echo_example_serves_and_stops_with_its_master(tmp_path: Path) -
     finally:
         kill_tree(master)
         for pid in workers:
-            if live(pid) and b"prefork-echo" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if pid_exists(pid) and b"prefork-echo" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 kill_tree(pid)
 
 

@@ -10,16 +10,21 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import open_fds, proc_status, wait_for, wait_pid_gone
+from tests.helpers import (
+    live_children,
+    open_fds,
+    pid_exists,
+    proc_status,
+    wait_for,
+    wait_live_children,
+    wait_pid_gone,
+    wait_pidfds,
+)
 from tests.test_supervisor_support import (
     MasterProcess,
-    live,
-    live_children,
     pids_from,
     supervisor_script,
     terminate_and_wait,
-    wait_live_children,
-    wait_pidfds,
 )
 
 # Workers that record their start and stop (on SIGTERM) and declare themselves ready.  Indented
@@ -58,7 +63,7 @@ def test_sigterm_with_sixteen_workers_stops_all_and_master_exits_zero(tmp_path: 
         assert sorted(live_children(master.pid)) == sorted(pids)
         assert terminate_and_wait(master) == 0
         for pid in pids:
-            assert not live(pid), f"worker {pid} outlived its master"
+            assert not pid_exists(pid), f"worker {pid} outlived its master"
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -87,7 +92,7 @@ def test_workers_ignoring_sigterm_are_killed_after_graceful_timeout(tmp_path: Pa
         assert time.monotonic() - sent >= 0.5
         assert len(master.lines("events")) == 4  # 2 starts, 2 TERMs received
         for pid in pids:
-            assert not live(pid)
+            assert not pid_exists(pid)
 
 
 @pytest.mark.parametrize("signals", [(signal.SIGTERM, signal.SIGTERM),
@@ -109,7 +114,7 @@ def test_second_stop_signal_or_quit_kills_workers_at_once(
             master.signal(rest[0])
         assert master.wait(timeout=20) == 0
         for pid in pids:
-            assert not live(pid)
+            assert not pid_exists(pid)
 
 
 def test_sigkill_of_master_takes_every_worker_with_it(tmp_path: Path) -> None:
@@ -190,7 +195,7 @@ def test_sighup_replaces_every_worker_one_at_a_time_never_below_the_count(
         events = master.lines("events")
         new = [pid for pid in pids_from(events) if pid not in old]
         assert sorted(pids_from(events, "stop")) == sorted(old)
-        assert len(new) == 3 and all(live(pid) for pid in new)
+        assert len(new) == 3 and all(pid_exists(pid) for pid in new)
         assert sorted(wait_live_children(master.pid, 3, without=tuple(old))) == sorted(new)
         counts = live_counts(events, 3)
         assert min(counts) >= 3, counts   # never fewer workers than before the HUP
@@ -222,7 +227,7 @@ def test_sighup_keeps_old_workers_when_a_replacement_fails_to_boot(tmp_path: Pat
         (master.out / "broken").write_text("")
         master.signal(signal.SIGHUP)
         master.wait_log("rolling restart abandoned")
-        assert all(live(pid) for pid in old)
+        assert all(pid_exists(pid) for pid in old)
         assert sorted(live_children(master.pid)) == sorted(old)
         assert terminate_and_wait(master) == 0
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import signal
 import subprocess
 import textwrap
@@ -180,66 +179,6 @@ def supervisor_script(tmp_path: Path, body: str, *, env: dict[str, str] | None =
 def pids_from(lines: list[list[str]], kind: str = "start") -> list[int]:
     """Pids (third field) of the lines whose first field is ``kind``."""
     return [int(x[2]) for x in lines if x[0] == kind]
-
-
-def live(pid: int) -> bool:
-    """Alive and not a zombie."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return text[text.rindex(")") + 2] != "Z"
-
-
-def wait_pidfds(pids: list[int], timeout: float = DEFAULT_TIMEOUT) -> None:
-    """Wait until every one of ``pids`` has exited, watching pidfds (an event, not a poll).
-
-    The pidfds should be opened while the processes are known to be ours; here they are opened
-    on entry, so a pid that is already gone counts as exited.
-    """
-    fds: list[int] = []
-    try:
-        for pid in pids:
-            try:
-                fds.append(os.pidfd_open(pid))
-            except ProcessLookupError:
-                continue
-        deadline = time.monotonic() + timeout
-        waiting = list(fds)
-        while waiting:
-            remaining = deadline - time.monotonic()
-            ready, _, _ = select.select(waiting, [], [], max(0.0, remaining))
-            if not ready:
-                raise WaitTimeoutError(f"{len(waiting)} of {pids} still alive after {timeout} s")
-            waiting = [fd for fd in waiting if fd not in ready]
-    finally:
-        for fd in fds:
-            os.close(fd)
-
-
-def cpu_ticks(pid: int) -> int:
-    """utime + stime of ``pid`` in clock ticks, from ``/proc/<pid>/stat``."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    rest = text[text.rindex(")") + 2:].split()
-    # rest[0] is field 3 (state); utime and stime are fields 14 and 15.
-    return int(rest[11]) + int(rest[12])
-
-
-def live_children(pid: int) -> list[int]:
-    """Children of ``pid`` that are alive (not zombies)."""
-    from tests.helpers import children_of
-    return [c for c in children_of(pid) if live(c)]
-
-
-def wait_live_children(pid: int, count: int, without: tuple[int, ...] = (),
-                       timeout: float = DEFAULT_TIMEOUT) -> list[int]:
-    """Wait until ``pid`` has exactly ``count`` live children, none of them in ``without``."""
-    def check() -> list[int] | None:
-        children = live_children(pid)
-        if len(children) == count and not set(children) & set(without):
-            return children
-        return None
-    return wait_for(check, timeout, f"{count} live children of {pid}")  # type: ignore[return-value]
 
 
 def terminate_and_wait(master: MasterProcess, timeout: float = DEFAULT_TIMEOUT) -> int:
