@@ -279,9 +279,10 @@ def handshake() -> Svg:
              italic=True, colour=MUTED)
     note(214, "child", ["setsid()"], width=120)
     message(314, "child", "daemon", "fork", creates=True)
-    svg.text(columns["child"] + 12, 350, "_exit(0)", size=12, mono=True)
-    svg.cross(columns["child"], 360)
-    message(385, "daemon", "launcher", "P 4103", dashed=True, mono=True)
+    message(345, "child", "launcher", "P 4103 (pid pipe)", dashed=True,
+            mono=True)
+    svg.text(columns["child"] + 12, 372, "_exit(0)", size=12, mono=True)
+    svg.cross(columns["child"], 382)
     note(400, "daemon", ["signals reset, signal_map,", "close fds, stdio,",
                          "pidfile: flock + write pid"])
     note(476, "daemon", ["application start-up", "(with defer_ready=True)"])
