@@ -42,6 +42,7 @@ from types import FrameType, ModuleType
 from typing import Any, Literal, NoReturn
 
 from daemonctx import handshake
+from daemonctx._signal_module import signal as c_signal  # no enum conversions on hot paths
 from daemonctx.errors import DaemonError, DaemonOptionError
 
 if sys.platform.startswith("linux"):
@@ -577,7 +578,7 @@ class Supervisor:
         self._master_pid = os.getpid()
         self._wakeup_r, self._wakeup_w = self._internal_pipe(blocking=False)
         try:
-            self._saved_wakeup_fd = signal.set_wakeup_fd(self._wakeup_w,
+            self._saved_wakeup_fd = c_signal.set_wakeup_fd(self._wakeup_w,
                                                          warn_on_full_buffer=False)
         except ValueError as error:
             raise SupervisorError(
@@ -595,7 +596,7 @@ class Supervisor:
         self._handshake = handshake
         self._set_pdeathsig = _load_pdeathsig_setter()
         for signum in _HANDLED_SIGNALS:
-            self._saved_handlers[signum] = signal.signal(signum, self._record_signal)
+            self._saved_handlers[signum] = c_signal.signal(signum, self._record_signal)
         self._poller = select.poll()
         self._poller.register(self._wakeup_r, select.POLLIN)
         self._poller.register(self._ready_r, select.POLLIN)
@@ -614,10 +615,10 @@ class Supervisor:
         global _running
         if self._saved_handlers:
             for signum, handler in self._saved_handlers.items():
-                signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+                c_signal.signal(signum, signal.SIG_DFL if handler is None else handler)
             self._saved_handlers = {}
         if self._wakeup_installed:
-            signal.set_wakeup_fd(self._saved_wakeup_fd)
+            c_signal.set_wakeup_fd(self._saved_wakeup_fd)
             self._wakeup_installed = False
         for fd in self._internal_fds:
             os.close(fd)
@@ -692,16 +693,16 @@ class Supervisor:
         # Handled signals stay blocked across the fork, so that one arriving in the new worker
         # before its handlers are restored is delivered to the restored handler, not recorded
         # into the master's queue copy and lost.
-        previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED_SIGNALS)
+        previous_mask = c_signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED_SIGNALS)
         try:
             pid = os.fork()
         except OSError as error:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+            c_signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
             self._give_up(f"could not fork worker {slot.task_id}: {error}", task=slot.task_id)
             return
         if pid == 0:
             self._become_worker(slot.task_id, previous_mask)
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+        c_signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
         worker = _Worker(slot.task_id, pid, started=time.monotonic(),
                          ready=self.policy.ready_on_start, generation=self._generation,
                          successor_of=successor_of)
@@ -717,9 +718,9 @@ class Supervisor:
             if os.getppid() != self._master_pid:
                 # The master died before PR_SET_PDEATHSIG took effect: no signal will come.
                 os._exit(1)
-            signal.set_wakeup_fd(self._saved_wakeup_fd)
+            c_signal.set_wakeup_fd(self._saved_wakeup_fd)
             for signum, handler in self._saved_handlers.items():
-                signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+                c_signal.signal(signum, signal.SIG_DFL if handler is None else handler)
             keep = {self._death_r}
             if not self.policy.ready_on_start:
                 keep.add(self._ready_w)
@@ -738,7 +739,7 @@ class Supervisor:
                 _start_parent_death_watcher(self._death_r, self.parent_death_signal)
             if self.proc_title is not None:
                 _set_proc_title(f"{self.proc_title} worker {task}")
-            signal.pthread_sigmask(signal.SIG_SETMASK, signal_mask)
+            c_signal.pthread_sigmask(signal.SIG_SETMASK, signal_mask)
         except BaseException:
             _report_and_exit()
         raise _BecomeWorker(task)
