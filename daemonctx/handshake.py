@@ -36,6 +36,7 @@ __all__ = [
     "report_failure",
 ]
 
+
 class StartupReport:
     """What the launcher learned about the daemon's start-up.
 
@@ -115,11 +116,6 @@ def _start_reporting(fd: int) -> None:
     _report_fd = fd
     _report_pid = os.getpid()
     _ready_sent = False
-
-
-def report_fd() -> int | None:
-    """The pipe the daemon reports on, if a report is still owed (for fd preservation)."""
-    return _report_fd if _report_pid == os.getpid() else None
 
 
 def _write(line: str) -> None:
@@ -297,8 +293,3 @@ class ReportReader:
                 code, _, text = arg.partition(" ")
                 self.state, self.message = "failed", _unescape(text)
                 self.status = int(code) if code.isdigit() and int(code) > 0 else 1
-
-
-def wait_for_report(read_fd: int, timeout: float | None) -> StartupReport:
-    """Read the daemon's report from ``read_fd`` until end of file or ``timeout`` seconds."""
-    return ReportReader(read_fd).wait(timeout)

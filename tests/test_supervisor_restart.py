@@ -344,20 +344,25 @@ def test_orphans_reparented_to_the_master_are_reaped(tmp_path: Path) -> None:
         assert terminate_and_wait(master) == 0
 
 
-def test_thousand_crash_cycles_leave_no_zombie_and_idle_master_uses_no_cpu(
-        tmp_path: Path) -> None:
-    body = """
+def crash_cycles_body(crashes: int) -> str:
+    """A supervisor script whose two workers crash until ``crashes`` crashes, then settle."""
+    return f"""
     def worker(tid):
         fd = os.open(os.path.join(OUT, "count"), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         os.write(fd, b"x")
         crashes = os.fstat(fd).st_size
         os.close(fd)
-        if crashes <= 1000:
+        if crashes <= {crashes}:
             os._exit(1)
         record("settled", "start", tid, os.getpid())
         park()
     Supervisor(2, policy=RestartPolicy.tornado(max_restarts=None)).serve(worker)
     """
+
+
+def test_thousand_crash_cycles_leave_no_zombie_and_idle_master_uses_no_cpu(
+        tmp_path: Path) -> None:
+    body = crash_cycles_body(1000)
     with supervisor_script(tmp_path, body) as master:
         master.wait_lines("settled", 2, timeout=60)
         assert (tmp_path / "out" / "count").stat().st_size >= 1000
@@ -372,18 +377,7 @@ def test_thousand_crash_cycles_leave_no_zombie_and_idle_master_uses_no_cpu(
 
 @pytest.mark.stress
 def test_ten_thousand_crash_cycles_leave_no_zombie_and_no_fd_leak(tmp_path: Path) -> None:
-    body = """
-    def worker(tid):
-        fd = os.open(os.path.join(OUT, "count"), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-        os.write(fd, b"x")
-        crashes = os.fstat(fd).st_size
-        os.close(fd)
-        if crashes <= 10000:
-            os._exit(1)
-        record("settled", "start", tid, os.getpid())
-        park()
-    Supervisor(2, policy=RestartPolicy.tornado(max_restarts=None)).serve(worker)
-    """
+    body = crash_cycles_body(10000)
     with supervisor_script(tmp_path, body) as master:
         from tests.helpers import wait_for
         count = tmp_path / "out" / "count"
