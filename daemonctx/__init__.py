@@ -12,11 +12,13 @@ pidfile does not pay for importing them.
 from __future__ import annotations
 
 from daemonctx.errors import (
+    DaemonAlreadyOpenError,
     DaemonError,
     DaemonOptionError,
     DaemonOSEnvironmentError,
     DaemonProcessDetachError,
     DaemonStartupError,
+    DaemonThreadWarning,
 )
 
 __version__ = "0.1.0"
@@ -71,12 +73,14 @@ _LAZY = {
 }
 
 __all__ = [
+    "DaemonAlreadyOpenError",
     "DaemonContext",
     "DaemonError",
     "DaemonOSEnvironmentError",
     "DaemonOptionError",
     "DaemonProcessDetachError",
     "DaemonStartupError",
+    "DaemonThreadWarning",
     "PIDFile",
     "PIDFileError",
     "PIDFileLockFailedError",

@@ -38,10 +38,10 @@ from daemonctx.errors import DaemonError, DaemonOptionError
 
 if TYPE_CHECKING:
     import argparse
-    import socket
 
     from daemonctx.context import DaemonContext
     from daemonctx.handshake import StartupReport
+    from daemonctx.launcher import Launch, NotifyListener
     from daemonctx.pidfile import PIDFile
     from daemonctx.runner import StopSchedule
 
@@ -65,13 +65,10 @@ DEFAULT_START_TIMEOUT = 60.0
 DEFAULT_SETTLE = 0.5
 DEFAULT_STOP_TIMEOUT = 30.0
 DEFAULT_KILL_TIMEOUT = 5.0
-# After a failed start the program gets this long to exit on SIGTERM before SIGKILL.
-_STOP_GRACE = 5.0
 # The program's copy of the pidfile descriptor is moved at or above this number, out of the
 # range (0-9) that shell redirections such as `exec 3>file` use, so a wrapper script does not
 # close the lock by accident.
 _LOCK_FD_MIN = 10
-_PR_SET_CHILD_SUBREAPER = 36
 
 
 # --- the command line -----------------------------------------------------------------------
@@ -411,7 +408,9 @@ def _plan_start(ns: argparse.Namespace, program: list[str]) -> _StartPlan:
     stdout = _log_path("--stdout", ns.stdout) if ns.stdout else None
     stderr = _log_path("--stderr", ns.stderr) if ns.stderr else stdout
     env = _program_environment(ns, user_entry)
-    executable = _resolve_command(program[0], env.get("PATH", ""), chroot, workdir)
+    identity = None if uid is None else _Identity(uid, gid if gid is not None else 0,
+                                                  _groups_of(user_entry, gid))
+    executable = _resolve_command(program[0], env.get("PATH", ""), chroot, workdir, identity)
     return _StartPlan(
         command_name=ns.command, pidfile=pidfile, daemon_pidfile=daemon_pidfile, chroot=chroot,
         workdir=workdir, umask=umask, uid=uid, gid=gid, initgroups=user_entry is not None,
@@ -574,8 +573,30 @@ def _program_environment(ns: argparse.Namespace, user_entry: object | None) -> d
     return env
 
 
-def _resolve_command(command: str, search_path: str, chroot: str | None, workdir: str) -> str:
-    """The path to exec, as the daemon sees it; checked to be an executable file."""
+class _Identity(NamedTuple):
+    """Who the program will run as (--user/--group), for permission checks made as root."""
+
+    uid: int
+    gid: int
+    groups: list[int]
+
+
+def _groups_of(user_entry: object | None, gid: int | None) -> list[int]:
+    """The supplementary groups the program gets (those of --user, as initgroups sets them)."""
+    import pwd
+
+    if isinstance(user_entry, pwd.struct_passwd) and gid is not None:
+        return os.getgrouplist(user_entry.pw_name, gid)
+    return [] if gid is None else [gid]
+
+
+def _resolve_command(command: str, search_path: str, chroot: str | None, workdir: str,
+                     identity: _Identity | None = None) -> str:
+    """The path to exec, as the daemon sees it; checked to be executable by the program's user.
+
+    With ``--user``, the check is made for that user (the permission bits of the file and of
+    every directory on the way), not for the caller: root may execute what the user may not.
+    """
     if not command or "\0" in command:
         raise DaemonOptionError(f"command {command!r} is not a program name")
     if "/" in command:
@@ -583,7 +604,7 @@ def _resolve_command(command: str, search_path: str, chroot: str | None, workdir
             inside = os.path.abspath(command)
         else:
             inside = os.path.normpath(os.path.join(workdir, command))
-        problem = _not_executable(_outside(chroot, inside))
+        problem = _not_executable(_outside(chroot, inside), identity)
         if problem:
             raise DaemonOptionError(f"command {command}: {problem}")
         return inside
@@ -592,7 +613,7 @@ def _resolve_command(command: str, search_path: str, chroot: str | None, workdir
         # An empty entry means the current directory, which for the daemon is workdir.
         directory = os.path.join(workdir, entry or ".")
         inside = os.path.normpath(os.path.join(directory, command))
-        problem = _not_executable(_outside(chroot, inside))
+        problem = _not_executable(_outside(chroot, inside), identity)
         if problem is None:
             return inside
         if problem != "not found":
@@ -603,8 +624,10 @@ def _resolve_command(command: str, search_path: str, chroot: str | None, workdir
     raise DaemonOptionError(f"command {command!r} not found{where} in PATH={search_path}")
 
 
-def _not_executable(host_path: str) -> str | None:
+def _not_executable(host_path: str, identity: _Identity | None = None) -> str | None:
     import stat
+
+    from daemonctx import _os
 
     try:
         st = os.stat(host_path)
@@ -616,93 +639,52 @@ def _not_executable(host_path: str) -> str | None:
         return "is a directory"
     if not stat.S_ISREG(st.st_mode):
         return "is not a regular file"
-    if not os.access(host_path, os.X_OK):
-        return f"is not executable (mode {stat.S_IMODE(st.st_mode):04o})"
+    if identity is None:
+        if not os.access(host_path, os.X_OK):
+            return f"is not executable (mode {stat.S_IMODE(st.st_mode):04o})"
+        return None
+    who = f"uid {identity.uid} gid {identity.gid}"
+    # the directories on the way, and on the way to what a symbolic link points to
+    for path in dict.fromkeys((os.path.abspath(host_path), os.path.realpath(host_path))):
+        problem = _unreachable(os.path.dirname(path), identity)
+        if problem is not None:
+            return f"is not reachable by the program's user ({who}): {problem}"
+    if not _os.permits(st, *identity, want=0o5 if _is_script(host_path) else 0o1):
+        return (f"is not executable by the program's user ({who}): mode "
+                f"{stat.S_IMODE(st.st_mode):04o}, owner uid {st.st_uid} gid {st.st_gid}")
     return None
 
 
-# --- start: the launcher and the daemon -----------------------------------------------------
+def _unreachable(directory: str, identity: _Identity) -> str | None:
+    """Why ``identity`` cannot search its way down to ``directory``, or None if it can."""
+    import stat
 
+    from daemonctx import _os
 
-class _NotifyListener:
-    """The NOTIFY_SOCKET the program reports readiness on (sd_notify protocol).
-
-    An abstract-namespace datagram socket, reachable from inside a chroot and leaving no file
-    behind.  Anyone in the network namespace can send to it, so the sender's credentials
-    (SO_PASSCRED) are checked: only root and the program's user are listened to.
-    """
-
-    def __init__(self, allowed_uids: set[int]) -> None:
-        import secrets
-        import socket
-
-        self._socket_module = socket
-        self.allowed_uids = allowed_uids
-        self.sock: socket.socket = socket.socket(socket.AF_UNIX,
-                                                 socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    while True:
         try:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-            name = f"daemonctx-notify/{os.getpid()}/{secrets.token_hex(8)}"
-            self.sock.bind("\0" + name)
-            self.sock.setblocking(False)
-        except BaseException:
-            self.sock.close()
-            raise
-        self.address = "@" + name
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def receive(self) -> list[dict[str, str]]:
-        """Every pending message from an accepted sender, as {KEY: VALUE}."""
-        import struct
-
-        socket = self._socket_module
-        messages: list[dict[str, str]] = []
-        credentials_size = struct.calcsize("iII")
-        while True:
-            try:
-                data, ancillary, _, _ = self.sock.recvmsg(
-                    4096, socket.CMSG_SPACE(credentials_size), socket.MSG_CMSG_CLOEXEC)
-            except (BlockingIOError, InterruptedError):
-                return messages
-            sender_uid: int | None = None
-            for level, kind, payload in ancillary:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-                    _, sender_uid, _ = struct.unpack("iII", payload[:credentials_size])
-                elif level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    for index in range(len(payload) // 4):  # fds we did not ask for
-                        os.close(struct.unpack_from("i", payload, index * 4)[0])
-            if sender_uid not in self.allowed_uids:
-                continue
-            fields: dict[str, str] = {}
-            for line in data.decode("utf-8", "replace").splitlines():
-                key, sep, value = line.partition("=")
-                if sep:
-                    fields[key.strip()] = value
-            messages.append(fields)
-
-    def forget(self) -> None:
-        """In the daemon: the detach closed the fd; never close the number again (reused)."""
-        self.sock.detach()
-
-    def close(self) -> None:
-        self.sock.close()
+            dir_st = os.stat(directory)
+        except OSError as exc:
+            return f"directory {directory} cannot be examined: {exc.strerror}"
+        if not _os.permits(dir_st, *identity, want=0o1):
+            return (f"directory {directory} (mode {stat.S_IMODE(dir_st.st_mode):04o}, owner uid "
+                    f"{dir_st.st_uid}) is not searchable by it")
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return None
+        directory = parent
 
 
-def _set_child_subreaper(enable: bool) -> bool:
-    """Make this process the reaper of its orphaned descendants (Linux); False if refused.
-
-    The daemon is orphaned by the double fork; as a subreaper the launcher adopts it (instead
-    of init) while it waits, so it can learn the program's exit status during start-up.
-    """
+def _is_script(path: str) -> bool:
+    """True for a ``#!`` script, which the kernel must also be able to read for the user."""
     try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, int(enable), 0, 0, 0) == 0)
-    except (OSError, AttributeError):
+        with open(path, "rb") as file:
+            return file.read(2) == b"#!"
+    except OSError:
         return False
+
+
+# --- start: the launcher and the daemon -----------------------------------------------------
 
 
 def _preload_modules() -> None:
@@ -718,29 +700,48 @@ def _preload_modules() -> None:
     import struct
     import time
 
+    import daemonctx._notify_keeper
+    import daemonctx._os
+    import daemonctx._proc
     import daemonctx.errors
     import daemonctx.handshake
+    import daemonctx.launcher
     import daemonctx.runner
 
+    # prctl loaded now makes the launcher a subreaper before it forks: every process the
+    # program orphans is then re-parented to it, however early (see daemonctx.launcher).
+    daemonctx._os.load_prctl()
     del errno, fcntl, select, signal, struct, time, daemonctx
 
 
 def _run_start(plan: _StartPlan) -> int:
+    from daemonctx.launcher import NotifyListener
     from daemonctx.pidfile import PIDFile, PIDFileLockedError
+    from daemonctx.runner import find_removed_pidfile_holder
 
     _preload_modules()
-
-    notify = _NotifyListener({0, plan.program_uid}) if plan.notify else None
+    removed_holder = find_removed_pidfile_holder(plan.pidfile)
+    if removed_holder is not None:
+        # Its pidfile was deleted from under it: a new file would lock, and two would run.
+        if plan.oknodo:
+            _say(plan.verbose, plan.command_name, f"already running as pid {removed_holder}")
+            return EXIT_OK
+        _error(plan.command_name, f"already running as pid {removed_holder}, which still holds "
+                                  f"the lock of its pidfile {plan.pidfile} although the file was "
+                                  f"removed; stop it first ('{PROG} stop --pidfile "
+                                  f"{plan.pidfile}' finds it)")
+        return EXIT_NOTHING_DONE
+    notify = NotifyListener({0, plan.program_uid}) if plan.notify else None
     env = dict(plan.env)
     if notify is not None:
         env["NOTIFY_SOCKET"] = notify.address  # the program's environment only, not ours
-    launcher = _Launcher(plan, notify, PIDFile(plan.daemon_pidfile))
-    context = _command_context(launcher)
-    subreaper = _set_child_subreaper(True)
+    start = _CommandStart(plan, notify, PIDFile(plan.daemon_pidfile))
+    context = _command_context(start)
     try:
         context.open()  # in the launcher this does not return: see on_startup_report
     except PIDFileLockedError as exc:
-        _cleanup_launcher(notify, subreaper)
+        if notify is not None:
+            notify.close()
         if plan.oknodo:
             _say(plan.verbose, plan.command_name, f"already running as pid {exc.pid}")
             return EXIT_OK
@@ -748,36 +749,31 @@ def _run_start(plan: _StartPlan) -> int:
         _error(plan.command_name, f"already running as {holder} (pidfile {plan.pidfile})")
         return EXIT_NOTHING_DONE
     except BaseException:
-        _cleanup_launcher(notify, subreaper)
+        if notify is not None:
+            notify.close()
         raise
-    _exec_program(context, launcher, env)
+    _exec_program(context, start, env)
 
 
-def _cleanup_launcher(notify: _NotifyListener | None, subreaper: bool) -> None:
-    if notify is not None:
-        notify.close()
-    if subreaper:
-        _set_child_subreaper(False)
-
-
-def _exec_program(context: DaemonContext, launcher: _Launcher,
+def _exec_program(context: DaemonContext, start: _CommandStart,
                   env: dict[str, str]) -> NoReturn:
     """In the daemon: hand the pidfile's lock to the program and exec it; never returns."""
-    from daemonctx import handshake
+    from daemonctx import _os, handshake
     from daemonctx.errors import DaemonStartupError
 
-    plan = launcher.plan
+    plan = start.plan
     try:
-        if launcher.notify is not None:
-            launcher.notify.forget()
+        if start.notify is not None:
+            start.notify.forget()
         import fcntl
         import signal
 
         # F_DUPFD makes an inheritable copy of the locked descriptor: the program holds the
         # lock (same open file description) for its whole life; the original is close-on-exec.
-        lock_fd = fcntl.fcntl(launcher.pidfile.fileno(), fcntl.F_DUPFD, _LOCK_FD_MIN)
+        lowest = max(_LOCK_FD_MIN, _os.closed_fds_ceiling() + 1)
+        lock_fd = fcntl.fcntl(start.pidfile.fileno(), fcntl.F_DUPFD, lowest)
         # A program that uses DaemonContext itself sees it is already a daemon (no second
-        # detach) and keeps this fd open: see steps.started_by_daemonctx_command().
+        # detach) and keeps this fd open: see steps.daemonctx_command_lock_fd().
         env = dict(env, DAEMONCTX_LOCK_FD=str(lock_fd), DAEMONCTX_PID=str(os.getpid()))
         for name in ("SIGPIPE", "SIGXFSZ"):  # Python ignores these; the program must not
             if hasattr(signal, name):
@@ -795,29 +791,27 @@ def _exec_program(context: DaemonContext, launcher: _Launcher,
     os._exit(127)
 
 
-class _Launcher:
-    """The launcher's side of a start: what to wait for once the daemon reported."""
+class _CommandStart:
+    """The command's side of a start: what the launcher waits for once the program runs."""
 
-    def __init__(self, plan: _StartPlan, notify: _NotifyListener | None,
+    def __init__(self, plan: _StartPlan, notify: NotifyListener | None,
                  pidfile: PIDFile) -> None:
         self.plan = plan
         self.notify = notify
         self.pidfile = pidfile
 
-    def finish(self, report: StartupReport) -> NoReturn:
+    def finish(self, report: StartupReport, launch: Launch) -> NoReturn:
         """Judge the report (waiting for READY=1 or the settle time), clean up and exit."""
         code, message, to_stderr = EXIT_ERROR, "", True
-        block = True
         try:
-            code, message, to_stderr = _judge_start(self.plan, self.notify, report)
+            code, message, to_stderr = _judge_start(self.plan, self.notify, report, launch)
         except KeyboardInterrupt:
-            code, block = 130, False
+            code = 130
             message = (f"interrupted while waiting for pid {report.pid}, which may still be "
                        f"starting: see '{PROG} status --pidfile {self.plan.pidfile}'")
         except BaseException as exc:  # the launcher must exit, whatever happens
-            message = f"launcher error: {exc!r}"
+            message = f"launcher error: {exc!r}{_clean_up_failed_start(self.plan, launch)}"
         try:
-            _reap_adopted(block=block and code != EXIT_OK)
             if self.notify is not None:
                 self.notify.close()
         except BaseException:
@@ -830,57 +824,55 @@ class _Launcher:
         os._exit(code)
 
 
-def _command_context(launcher: _Launcher) -> DaemonContext:
-    """A DaemonContext for the plan whose launcher hands the report to ``launcher``."""
+def _command_context(start: _CommandStart) -> DaemonContext:
+    """A DaemonContext for the plan whose launcher hands the report to ``start``."""
     from daemonctx.context import DaemonContext
 
     class CommandContext(DaemonContext):
         def on_startup_report(self, report: StartupReport) -> NoReturn:
-            launcher.finish(report)
+            assert self._launch is not None
+            start.finish(report, self._launch)
 
-    plan = launcher.plan
+    plan = start.plan
     return CommandContext(
         chroot_directory=plan.chroot, working_directory=plan.workdir, umask=plan.umask,
         uid=plan.uid, gid=plan.gid, initgroups=plan.initgroups,
         # The program's own business: no core-dump limit, default signal dispositions.
         prevent_core=False, signal_map={},
-        detach_process=True, pidfile=launcher.pidfile, stdout=plan.stdout, stderr=plan.stderr,
+        detach_process=True, pidfile=start.pidfile, stdout=plan.stdout, stderr=plan.stderr,
         startup_timeout=plan.timeout, defer_ready=True)
 
 
-def _judge_start(plan: _StartPlan, notify: _NotifyListener | None,
-                 report: StartupReport) -> tuple[int, str, bool]:
+def _judge_start(plan: _StartPlan, notify: NotifyListener | None, report: StartupReport,
+                 launch: Launch) -> tuple[int, str, bool]:
     """In the launcher: (exit status, message, message is an error) for the daemon's report."""
     if report.state == "ready":
         return EXIT_OK, f"started pid {report.pid}", False
     if report.state != "exec":
-        text = report.message.removeprefix("DaemonStartupError: ")
-        if report.state == "failed" and text.startswith("PIDFileLockedError"):
+        # The launcher already stopped whatever the failed start left (Launch.conclude).
+        text = report.message
+        if report.error_type is not None:
+            text = text.removeprefix("DaemonStartupError: ")
+        if report.error_type == "PIDFileLockedError":
             # Another start won the race for the lock after our pre-fork check.
-            if plan.oknodo:
-                return EXIT_OK, text.removeprefix("PIDFileLockedError: "), False
-            return EXIT_NOTHING_DONE, text.removeprefix("PIDFileLockedError: "), True
+            text = text.removeprefix("PIDFileLockedError: ")
+            return (EXIT_OK if plan.oknodo else EXIT_NOTHING_DONE), text, not plan.oknodo
+        _forget_failed_start(plan)
         return EXIT_ERROR, text, True
-    pid = report.pid
-    if pid is None:  # pragma: no cover - the daemon always reports its pid first
-        return EXIT_ERROR, "the daemon did not report its pid", True
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return EXIT_ERROR, f"{_describe(plan, pid)} exited during start-up", True
-    try:
-        if notify is not None:
-            return _await_ready(plan, notify, pid, pidfd)
-        import select
-
-        if plan.settle > 0 and select.select([pidfd], [], [], plan.settle)[0]:
-            how = _end_of(pid)
-            _forget_failed_start(plan)
-            return EXIT_ERROR, f"{_describe(plan, pid)} exited during start-up {how}" \
-                               f"{_log_hint(plan)}", True
-        return EXIT_OK, f"started {_describe(plan, pid)}", False
-    finally:
-        os.close(pidfd)
+    pid, pidfd = report.pid, launch.daemon_pidfd
+    if pid is None or pidfd is None:
+        note = _clean_up_failed_start(plan, launch)
+        return EXIT_ERROR, f"cannot follow the program (no pidfd for pid {pid}){note}", True
+    if notify is not None:
+        failure = _await_ready(plan, notify, pid, pidfd, launch)
+    else:
+        failure = _await_settle(plan, pid, pidfd, launch)
+    if failure is not None:
+        return EXIT_ERROR, failure + _clean_up_failed_start(plan, launch) + _log_hint(plan), True
+    if notify is not None:
+        notify.hand_over(pidfd, plan.uid, plan.gid)
+        return EXIT_OK, f"started {_describe(plan, pid)}: READY=1", False
+    return EXIT_OK, f"started {_describe(plan, pid)}", False
 
 
 def _describe(plan: _StartPlan, pid: int) -> str:
@@ -891,113 +883,98 @@ def _log_hint(plan: _StartPlan) -> str:
     return f"; its output is in {plan.stderr}" if plan.stderr else ""
 
 
-def _await_ready(plan: _StartPlan, notify: _NotifyListener, pid: int,
-                 pidfd: int) -> tuple[int, str, bool]:
-    import errno as errno_module
+def _how_it_ended(launch: Launch) -> str:
+    """Reap the exited program (our child, as subreaper) and say how it ended."""
+    launch.wait_daemon_exit(0)
+    code = launch.daemon_status
+    if code is None:
+        return "(exit status unknown)"
+    if code < 0:
+        import signal
+
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by signal {-code} ({name})"
+    return f"with status {code}"
+
+
+def _await_settle(plan: _StartPlan, pid: int, pidfd: int, launch: Launch) -> str | None:
+    """Without --notify: None if the program survives --wait seconds, else why not."""
+    import select
+
+    if plan.settle > 0 and select.select([pidfd], [], [], plan.settle)[0]:
+        return f"{_describe(plan, pid)} exited during start-up {_how_it_ended(launch)}"
+    return None
+
+
+def _await_ready(plan: _StartPlan, notify: NotifyListener, pid: int, pidfd: int,
+                 launch: Launch) -> str | None:
+    """With --notify: None once the program sent READY=1, else why it did not."""
     import select
     import time
 
+    from daemonctx.launcher import describe_errno
+
     deadline = time.monotonic() + plan.timeout
-    last_status = ""
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        readable, _, _ = select.select([notify.fileno(), pidfd], [], [], remaining)
-        ready = False
-        for fields in notify.receive():
-            if fields.get("STATUS"):
-                last_status = fields["STATUS"]
-            code_text = fields.get("ERRNO", "").strip()
-            if code_text:
-                number = int(code_text) if code_text.isdigit() else 0
-                reason = os.strerror(number) if number else code_text
-                name = errno_module.errorcode.get(number, "")
-                _stop_program(pid, pidfd)
-                _forget_failed_start(plan)
-                detail = f"ERRNO={code_text} ({name + ': ' if name else ''}{reason})"
-                return EXIT_ERROR, (f"{_describe(plan, pid)} reported a start-up failure: "
-                                    f"{detail}{_status_hint(last_status)}; stopped it"), True
-            extend = fields.get("EXTEND_TIMEOUT_USEC", "").strip()
-            if extend.isdigit():
-                deadline = max(deadline, time.monotonic() + int(extend) / 1e6)
-            if fields.get("READY", "").strip() == "1":
-                ready = True
+        select.select([notify.fileno(), pidfd], [], [], remaining)
+        notify.receive()
+        status = _status_hint(notify.last_status)
+        if notify.errno_text is not None:
+            return (f"{_describe(plan, pid)} reported a start-up failure: "
+                    f"ERRNO={describe_errno(notify.errno_text)}{status}")
+        if notify.extension is not None:
+            deadline = max(deadline, time.monotonic() + notify.extension)
+            notify.extension = None
         exited = bool(select.select([pidfd], [], [], 0)[0])
-        if ready and not exited:
-            return EXIT_OK, f"started {_describe(plan, pid)}: READY=1", False
-        if exited or pidfd in readable:
-            how = _end_of(pid)
-            _forget_failed_start(plan)
-            return EXIT_ERROR, (f"{_describe(plan, pid)} exited during start-up {how} before "
-                                f"sending READY=1{_status_hint(last_status)}"
-                                f"{_log_hint(plan)}"), True
-    _stop_program(pid, pidfd)
-    _forget_failed_start(plan)
-    return EXIT_ERROR, (f"{_describe(plan, pid)} sent no READY=1 within {plan.timeout:g} s"
-                        f"{_status_hint(last_status)}; stopped it{_log_hint(plan)}"), True
+        if exited:
+            return (f"{_describe(plan, pid)} exited during start-up {_how_it_ended(launch)} "
+                    f"before sending READY=1{status}")
+        if notify.ready:
+            return None
+    return (f"{_describe(plan, pid)} sent no READY=1 within {plan.timeout:g} s"
+            f"{_status_hint(notify.last_status)}")
 
 
 def _status_hint(status: str) -> str:
     return f" (last STATUS: {status})" if status else ""
 
 
-def _kill_group(pid: int, signum: int) -> None:
-    """Signal the program's process group, which outlives it only while it is unreaped.
+def _clean_up_failed_start(plan: _StartPlan, launch: Launch) -> str:
+    """Stop everything the failed start left running; free the pidfile; say what was done.
 
-    The group was created for the daemon (setsid in the detach), so it holds the program and
-    whatever it started; as long as the program is our unreaped child its group id cannot be
-    reused by anyone else.
+    Only processes that are provably this start's are stopped (the launcher's adopted
+    children and their descendants, see :meth:`Launch.stop_all`).  If some other process
+    still holds the pidfile's lock afterwards, it is named, not signalled.
     """
+    from daemonctx.pidfile import holder_pid
+
+    stopped = launch.stop_all()
+    note = ""
+    if stopped:
+        pid = launch.daemon_pid
+        others = [p for p in stopped if p != pid]
+        note = "; stopped it" if pid in stopped else ""
+        if others:
+            listed = ", ".join(map(str, others))
+            note += (f"; stopped {len(others)} process{'es' if len(others) > 1 else ''} it left "
+                     f"running (pid {listed})")
+    # The launcher is inside the chroot (if any), like the daemon.
+    path = plan.daemon_pidfile if plan.chroot else plan.pidfile
     try:
-        group = os.getpgid(pid)
-    except OSError:
-        return
-    if group <= 1 or group == os.getpgrp():
-        return
-    try:
-        os.killpg(group, signum)
-    except OSError:
-        pass
-
-
-def _end_of(pid: int) -> str:
-    """Reap the exited program (our child, as subreaper) and say how it ended."""
-    import signal
-
-    _kill_group(pid, signal.SIGKILL)  # anything it left behind would hold the lock
-    try:
-        _, status = os.waitpid(pid, 0)
-    except ChildProcessError:
-        return "(exit status unknown)"
-    if os.WIFSIGNALED(status):
-        number = os.WTERMSIG(status)
-        try:
-            name = signal.Signals(number).name
-        except ValueError:
-            name = f"signal {number}"
-        return f"killed by signal {number} ({name})"
-    return f"with status {os.waitstatus_to_exitcode(status)}"
-
-
-def _stop_program(pid: int, pidfd: int) -> None:
-    """After a failed start: SIGTERM the program's group, SIGKILL after a grace, reap it."""
-    import select
-    import signal
-
-    _kill_group(pid, signal.SIGTERM)
-    try:
-        signal.pidfd_send_signal(pidfd, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    if not select.select([pidfd], [], [], _STOP_GRACE)[0]:
-        _kill_group(pid, signal.SIGKILL)
-        try:
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        select.select([pidfd], [], [], _STOP_GRACE)
-    _end_of(pid)
+        holder = holder_pid(path)
+    except DaemonError:
+        holder = None
+    if holder is not None:
+        return note + (f"; pid {holder} still holds the lock of {plan.pidfile} and is not a "
+                       f"process this start began: left running")
+    _forget_failed_start(plan)
+    return note
 
 
 def _forget_failed_start(plan: _StartPlan) -> None:
@@ -1006,30 +983,6 @@ def _forget_failed_start(plan: _StartPlan) -> None:
 
     # The launcher is inside the chroot (if any), like the daemon.
     remove_stale_pidfile(plan.daemon_pidfile if plan.chroot else plan.pidfile)
-
-
-def _reap_adopted(*, block: bool) -> None:
-    """Reap the children the launcher adopted as subreaper.
-
-    Zombies are always reaped.  After a failed start (``block``) the processes just killed are
-    waited for, at most a few seconds; after a successful one the running daemon is left
-    alone: it is re-parented to init when the launcher exits.
-    """
-    import time
-
-    deadline = time.monotonic() + _STOP_GRACE
-    pause = 0.001
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid:
-            continue
-        if not block or time.monotonic() > deadline:
-            return
-        time.sleep(pause)  # killed children die within milliseconds; bounded anyway
-        pause = min(pause * 2, 0.05)
 
 
 # --- stop, restart, status, signal ----------------------------------------------------------
@@ -1068,9 +1021,14 @@ def _cmd_stop(ns: argparse.Namespace) -> int:
 
 
 def _cmd_restart(ns: argparse.Namespace, program: list[str]) -> int:
+    from daemonctx.pidfile import PIDFile
     from daemonctx.runner import stop_daemon
 
     plan = _plan_start(ns, program)  # every option checked before anything is stopped
+    # ... and checked as the new instance will need them (the pidfile's directory and the logs
+    # for the program's user, say), so that a start bound to fail never stops the service.
+    start = _CommandStart(plan, None, PIDFile(plan.daemon_pidfile))
+    _command_context(start).check_options(running=True)
     schedule = _stop_schedule(ns.retry, "TERM", DEFAULT_STOP_TIMEOUT)
     result = stop_daemon(plan.pidfile, schedule)
     if result.outcome == "still-running":

@@ -12,9 +12,14 @@ import os
 import pwd
 import sys
 
-from daemonctx import handshake, steps
+from daemonctx import _os, handshake, steps
 from daemonctx._signal_module import signal
-from daemonctx.errors import DaemonError, DaemonOptionError
+from daemonctx.errors import (
+    DaemonAlreadyOpenError,
+    DaemonError,
+    DaemonOptionError,
+    DaemonThreadWarning,
+)
 from daemonctx.signals import default_signal_map, install_signal_handlers
 from daemonctx.signals import resolve_signal_map as _resolve_signal_map
 
@@ -24,6 +29,7 @@ if TYPE_CHECKING:
     from types import FrameType, TracebackType
     from typing import IO, Any, NoReturn
 
+    from daemonctx.launcher import Launch
     from daemonctx.signals import Handler
 
     StreamTarget = IO[Any] | str | os.PathLike[str] | int | None
@@ -35,6 +41,9 @@ MAX_STARTUP_TIMEOUT = 365 * 24 * 3600
 _STREAM_NAMES = ("stdin", "stdout", "stderr")
 # Signals the pid-1 reaper passes on to the application (see _run_as_init).
 _FORWARDED_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH")
+# The context open in this process, with the pid that opened it (a forked child is another
+# process: it may open a context of its own).
+_open_context: tuple[int, DaemonContext] | None = None
 
 
 class _Plan:
@@ -55,7 +64,7 @@ class _Plan:
         self.activation_fds = activation_fds
         self.stream_fds: list[int | None] = []
         self.opened_fds: list[int] = []
-        self.created_files: list[str] = []
+        self.created_files: list[tuple[str, os.stat_result]] = []
 
     def close_opened(self) -> None:
         for fd in self.opened_fds:
@@ -68,11 +77,8 @@ class _Plan:
     def undo(self) -> None:
         """Leave nothing behind after a failed start: close our fds, remove files we created."""
         self.close_opened()
-        for path in self.created_files:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+        for path, st in self.created_files:
+            _os.unlink_if_same(path, st)
         self.created_files.clear()
 
 
@@ -155,6 +161,7 @@ class DaemonContext:
         self._is_open = False
         self._opener_pid: int | None = None
         self._atexit_registered = False
+        self._launch: Launch | None = None
 
     # --- public API ---------------------------------------------------------------------
 
@@ -188,36 +195,33 @@ class DaemonContext:
         """
         if self._is_open:
             return
+        _refuse_nested(self)
         steps.ensure_standard_fds_open()
         plan = self._prepare()
         # Read now: before a chroot hides /proc, and before forking (after a fork each page
-        # the daemon touches is copied).  The daemon inherits these fds plus the pipes made
-        # below (and, in a multi-threaded program, what another thread opens meanwhile).
+        # the daemon touches is copied).  Every fd open now may be owned by a Python object
+        # the daemon keeps; the fds daemonctx keeps in the daemon are numbered above them.
         hint = steps.highest_open_fd()
         ignored = steps.ignored_signals(keep=plan.handlers)
+        waits = plan.detach and self.startup_timeout != 0
         try:
+            if plan.detach or os.getpid() == 1:
+                _warn_about_threads()
+            if waits:
+                _load_launcher(plan)
             self._run_steps_before_fork(plan)
         except BaseException:
             plan.undo()
             raise
-        if plan.detach and self.startup_timeout == 0:
+        if plan.detach and not waits:
             steps.detach_process_context(lambda child_pid: os._exit(0))
         elif plan.detach:
-            read_fd, write_fd = os.pipe()  # close-on-exec, as every fd Python creates
-            pid_read, pid_write = os.pipe()  # the daemon's pid, from the intermediate child
-            plan.keep_fds.add(write_fd)
-            if hint is not None:
-                hint = max(hint, read_fd, write_fd, pid_read, pid_write)
+            from daemonctx.launcher import Launch
 
-            def launcher(child_pid: int) -> NoReturn:
-                os.close(write_fd)
-                os.close(pid_write)
-                self._run_launcher(read_fd, pid_read, child_pid)
-
-            steps.detach_process_context(
-                launcher, announce=lambda pid: handshake.announce_pid(pid_write, pid))
-            os.close(read_fd)  # pid_read and pid_write go with the inherited fds
-            handshake._start_reporting(write_fd)
+            launch = self._launch = Launch()
+            plan.keep_fds.add(launch.report_w)
+            steps.detach_process_context(self._run_launcher, announce=launch.announce)
+            launch.daemon_side()
         elif os.getpid() == 1:
             _run_as_init()
         try:
@@ -236,8 +240,11 @@ class DaemonContext:
         Acts only in the process that opened the context: a worker forked by the daemon that
         exits (and runs atexit) must never remove the daemon's pidfile.
         """
+        global _open_context
         if not self._is_open or self._opener_pid != os.getpid():
             return
+        if _open_context is not None and _open_context[1] is self:
+            _open_context = None
         if handshake.is_pending():
             handshake.report_failure(
                 DaemonError("the daemon closed its context before it reported readiness")
@@ -297,9 +304,15 @@ class DaemonContext:
 
     def _run_steps_after_fork(self, plan: _Plan, highest_fd: int | None,
                               ignored_signals: list[int]) -> None:
+        global _open_context
         steps.reset_inherited_signal_state(ignored_signals)
         install_signal_handlers(plan.handlers)
-        steps.close_inherited_fds(plan.keep_fds, highest_fd)
+        closed_up_to = steps.close_inherited_fds(plan.keep_fds, highest_fd)
+        # Python objects made before open() may still believe they own the numbers just
+        # closed; what daemonctx keeps from here on (the report pipe, the pidfile's lock) is
+        # numbered above them, so that collecting such an object cannot close it.
+        _os.record_closed_fds(closed_up_to)
+        handshake._keep_above_closed_fds()
         for stream_fd, target in enumerate(plan.stream_fds):
             if target is not None:
                 steps.redirect_stream(target, stream_fd)
@@ -312,35 +325,41 @@ class DaemonContext:
             self.pidfile.__enter__()
         self._is_open = True
         self._opener_pid = os.getpid()
+        _open_context = (self._opener_pid, self)
         if not self._atexit_registered:
             atexit.register(self.close)
             self._atexit_registered = True
 
-    def _run_launcher(self, read_fd: int, pid_fd: int, child_pid: int) -> NoReturn:
-        reader = handshake.ReportReader(read_fd, pid_fd)
+    def _run_launcher(self, intermediate_pid: int) -> NoReturn:
+        """In the launching process: wait for the report, clean up a failed start, exit."""
+        launch = self._launch
+        assert launch is not None
         try:
-            report = reader.wait(self.startup_timeout)
-            _reap(child_pid)  # the intermediate child exits right after announcing the pid
-            reader.learn_pid()
-            # after a timeout, a report may have arrived meanwhile
-            report = reader.drain() if report.state == "timeout" else reader.report()
-            if report.state == "timeout":
-                report = _stop_slow_daemon(report)
-            elif report.state == "died" and report.pid is not None:
-                report = _explain_death(report)
+            launch.begin(intermediate_pid)
+            report = launch.conclude(launch.wait(self.startup_timeout))
         except BaseException as exc:  # the launcher must exit, whatever happens
+            report = handshake.StartupReport("failed", launch.daemon_pid,
+                                             f"launcher error: {exc!r}", 1)
             try:
-                reader.learn_pid()
+                report = launch.conclude(report)  # nobody would report this start's failure
             except BaseException:
                 pass
-            report = handshake.StartupReport("failed", reader.pid, f"launcher error: {exc!r}", 1)
-            if reader.pid is not None and not reader.eof:
-                report = _stop_slow_daemon(report)  # nobody would report its failure
         self.on_startup_report(report)
 
     # --- option checking ----------------------------------------------------------------
 
-    def _prepare(self) -> _Plan:
+    def check_options(self, *, running: bool = False) -> None:
+        """Check every option as :meth:`open` would, without changing or leaving anything.
+
+        Raises the :class:`~daemonctx.DaemonError` :meth:`open` would raise before forking
+        (a bad value, a pidfile the daemon's user could not create, a log file it could not
+        open...).  ``running=True`` does not count a held pidfile lock as an error: a restart
+        checks what the new instance needs before it stops the old one.  Files the check
+        created are removed again.
+        """
+        self._prepare(pidfile_holder_ok=running).undo()
+
+    def _prepare(self, *, pidfile_holder_ok: bool = False) -> _Plan:
         chroot = _optional_directory("chroot_directory", self.chroot_directory)
         workdir = _working_directory(self.working_directory, chroot)
         umask = _umask(self.umask)
@@ -373,7 +392,7 @@ class DaemonContext:
         plan = _Plan(chroot, workdir, umask, uid, gid, groups, detach, handlers, keep,
                      activation)
         try:
-            self._check_pidfile(plan)
+            self._check_pidfile(plan, pidfile_holder_ok)
             self._prepare_streams(plan)
         except BaseException:
             plan.undo()
@@ -399,7 +418,7 @@ class DaemonContext:
                 plan.keep_fds.add(fd)
                 plan.stream_fds.append(fd)
 
-    def _check_pidfile(self, plan: _Plan) -> None:
+    def _check_pidfile(self, plan: _Plan, holder_ok: bool = False) -> None:
         pidfile = self.pidfile
         if pidfile is None:
             return
@@ -411,8 +430,9 @@ class DaemonContext:
         preflight = getattr(pidfile, "preflight", None)
         if preflight is not None:
             groups = plan.groups if plan.groups is not None else os.getgroups()
+            extra = {"ignore_holder": True} if holder_ok else {}
             preflight(uid=plan.uid, gid=plan.gid, groups=groups, root=plan.chroot,
-                      cwd=plan.workdir)
+                      cwd=plan.workdir, **extra)
 
 
 # --- helpers: option resolution ----------------------------------------------------------
@@ -604,92 +624,107 @@ def _socket_activation_fds() -> set[int]:
 
 def _open_stream_path(name: str, target: str | os.PathLike[str], plan: _Plan,
                       writing: bool) -> int:
-    path = _fspath_option(name, target)
-    flags = os.O_CLOEXEC | (os.O_WRONLY | os.O_APPEND if writing else os.O_RDONLY)
+    """Open a ``stdin``/``stdout``/``stderr`` path in the launching process, for the daemon.
+
+    Root starting a daemon as another user opens the path with the daemon's user's rights
+    wherever some user other than root could change what it names (a log directory the daemon
+    may write, say): that user could otherwise plant a symbolic or hard link to a file only
+    root may write, and root would append to it.  In directories only root can change, root
+    opens it.
+    """
+    path = os.path.abspath(_fspath_option(name, target))
+    flags = os.O_CLOEXEC | os.O_NOCTTY | (
+        os.O_WRONLY | os.O_APPEND | os.O_CREAT if writing else os.O_RDONLY)
+    as_user = os.geteuid() == 0 and plan.uid != 0 and not _os.only_root_can_change(path)
     try:
-        if writing:
-            try:  # remember whether we created it, to remove it if the start fails
-                fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644)
-                plan.created_files.append(os.path.abspath(path))
-            except FileExistsError:
-                fd = os.open(path, flags)
+        if as_user:
+            groups = plan.groups if plan.groups is not None else []
+            fd, created = _os.open_as_user(path, flags, 0o644, plan.uid, plan.gid, groups)
         else:
-            fd = os.open(path, flags)
+            fd, created = _open_creating(path, flags)
     except OSError as exc:
         mode = "appending" if writing else "reading"
+        if as_user:
+            raise DaemonOptionError(
+                f"{name}: the daemon's user (uid {plan.uid}) cannot open {path!r} for {mode}: "
+                f"{exc.strerror}; it is opened with that user's rights because a user other "
+                f"than root can change its directory: give the daemon's user access to it, or "
+                f"use a directory only root can write") from None
         raise DaemonOptionError(
             f"{name}: cannot open {path!r} for {mode}: {exc.strerror}"
         ) from None
+    if created:  # removed again if the start fails
+        plan.created_files.append((path, os.fstat(fd)))
     plan.opened_fds.append(fd)
     plan.keep_fds.add(fd)
     return fd
 
 
-# --- helpers: the launcher and pid 1 -------------------------------------------------------
-
-
-def _reap(pid: int) -> None:
+def _open_creating(path: str, flags: int) -> tuple[int, bool]:
+    """``os.open``; with ``O_CREAT``, also whether this call created the file."""
+    if not flags & os.O_CREAT:
+        return os.open(path, flags), False
     try:
-        os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
+        return os.open(path, flags | os.O_EXCL, 0o644), True
+    except FileExistsError:
+        return os.open(path, flags & ~os.O_CREAT), False
 
 
-def _stop_slow_daemon(report: handshake.StartupReport) -> handshake.StartupReport:
-    """Stop a daemon whose start-up the launcher gave up on, so nothing half-started remains.
+# --- helpers: nesting, threads, pid 1 -------------------------------------------------------
 
-    The pipe is still open at the daemon's end (no end of file), so the pid it was announced
-    with is still the daemon's: it cannot have been recycled.
+
+def _refuse_nested(context: DaemonContext) -> None:
+    """Refuse to open a context while another one is open in this very process."""
+    if _open_context is None:
+        return
+    pid, other = _open_context
+    if pid != os.getpid() or other is context or not other.is_open:
+        return
+    pidfile = getattr(other.pidfile, "path", None)
+    holding = f" (holding pidfile {pidfile})" if pidfile is not None else ""
+    raise DaemonAlreadyOpenError(
+        f"a DaemonContext is already open in this process (pid {pid}){holding}: opening "
+        f"another one inside it would detach again and leave the first one's pidfile with the "
+        f"process that exits; the process is already a daemon, so use the open context (or "
+        f"close it first)")
+
+
+def _load_launcher(plan: _Plan) -> None:
+    """Import what the launcher needs after the fork while the Python library is readable.
+
+    After a chroot, or a drop to a user who cannot read the Python installation, nothing can be
+    imported any more; otherwise ``prctl`` (ctypes) is loaded by the launcher after the fork,
+    off the daemon's path.
     """
-    if report.pid is None:
-        return report
-    try:
-        os.kill(report.pid, signal.SIGTERM)
-        note = f"; sent SIGTERM to pid {report.pid}"
-    except OSError:
-        note = ""
-    if report.state == "timeout":
-        message = f"daemon (pid {report.pid}) did not report readiness in time{note}"
-    else:
-        message = f"{report.message}{note}"
-    return handshake.StartupReport(report.state, report.pid, message, report.exit_status)
-
-
-def _explain_death(report: handshake.StartupReport) -> handshake.StartupReport:
-    """Add the daemon's exit status when the launcher can reap it (it is a subreaper)."""
-    pid = report.pid
-    assert pid is not None
-    if not hasattr(os, "waitid") or not hasattr(os, "pidfd_open"):
-        return report  # not Linux: a daemon is never the launcher's child there anyway
-    try:
-        result = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    except ChildProcessError:
-        return report
-    if result is None:
-        import select
-
+    __import__("daemonctx.launcher")
+    if plan.chroot is not None or plan.uid != os.geteuid():
         try:
-            pidfd = os.pidfd_open(pid)
-        except OSError:
-            return report
-        try:
-            if not select.select([pidfd], [], [], 2.0)[0]:
-                return report
-        finally:
-            os.close(pidfd)
-    try:
-        _, status = os.waitpid(pid, 0)
-    except ChildProcessError:
-        return report
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        text = f"killed by signal {sig} ({signal.strsignal(sig)})"
-        code = 128 + sig
-    else:
-        code = os.waitstatus_to_exitcode(status)
-        text = f"exited with status {code}"
-    message = f"daemon (pid {pid}) {text} during start-up"
-    return handshake.StartupReport("died", pid, message, code or 1)
+            _os.load_prctl()
+        except (OSError, AttributeError):
+            pass
+
+
+def _warn_about_threads() -> None:
+    """Warn (once per call site) that the threads running now will not exist in the daemon."""
+    threading = sys.modules.get("threading")
+    if threading is None:
+        return  # no thread was ever started from Python
+    current = threading.current_thread()
+    others = [t for t in threading.enumerate() if t is not current and t.is_alive()]
+    if not others:
+        return
+    import warnings
+
+    names = ", ".join(repr(t.name) for t in others)
+    level = 1
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename == __file__:
+        frame, level = frame.f_back, level + 1  # point at the caller's line, not ours
+    warnings.warn(DaemonThreadWarning(
+        f"{len(others)} other thread{'s' if len(others) > 1 else ''} running when "
+        f"DaemonContext.open() forks ({names}): only the thread calling open() continues in "
+        f"the daemon, the others will not exist there; start threads after open()"),
+        stacklevel=level)
 
 
 def _run_as_init() -> None:

@@ -11,11 +11,13 @@ path of a daemon that does not use a pidfile.
 from __future__ import annotations
 
 __all__ = [
+    "DaemonAlreadyOpenError",
     "DaemonError",
     "DaemonOSEnvironmentError",
     "DaemonOptionError",
     "DaemonProcessDetachError",
     "DaemonStartupError",
+    "DaemonThreadWarning",
 ]
 
 
@@ -53,3 +55,21 @@ class DaemonStartupError(DaemonError):
     def __init__(self, message: str, exit_status: int = 1) -> None:
         super().__init__(message)
         self.exit_status = exit_status
+
+
+class DaemonAlreadyOpenError(DaemonError, RuntimeError):
+    """:meth:`~daemonctx.DaemonContext.open` was called while another context is open here.
+
+    A second context inside an open one would detach again: the first one's pidfile lock would
+    stay with the process that exits, and the daemon would run without it.  Raised before
+    anything changes.
+    """
+
+
+class DaemonThreadWarning(RuntimeWarning):
+    """Other threads were running when :meth:`~daemonctx.DaemonContext.open` forked.
+
+    Only the thread that calls ``fork`` exists in the child: the daemon silently loses every
+    other thread (a log shipper, a metrics reporter, a thread pool).  Start threads after
+    ``open()``.  Shown once per call site, on the launching process's stderr.
+    """

@@ -5,22 +5,23 @@ so the shell never learns that the daemon then failed (pidfile held, permission 
 in the application's own start-up).  Here the launcher waits, bounded, on a pipe until the
 daemon reports (systemd's daemon(7), steps 14-15):
 
-* the daemon writes ``P <pid>`` as soon as it exists, then ``R`` when it is ready, or
-  ``E <status> <Type>: <message>`` when start-up failed, or ``X`` right before it ``exec``\\ s
-  (the pipe is close-on-exec, so a successful ``exec`` closes it: end of file after ``X``
-  means the new program is running);
-* end of file with no report means the daemon died without a word;
-* the launcher gives up after a timeout.
+* the daemon writes ``R`` when it is ready, or ``E <status> <Type> <message>`` when start-up
+  failed (``Type`` is the exception's class name, so the launcher judges an error by its type,
+  as :mod:`subprocess` does with a child's exception, never by its text), or ``X`` right before
+  it ``exec``\\ s (the pipe is close-on-exec, so a successful ``exec`` closes it: end of file
+  after ``X`` means the new program is running);
+* end of file with no report means the daemon died without a word.
 
-The launcher turns what it read into a :class:`StartupReport`.  Messages are one line each, with
+The launching process (``daemonctx.launcher``) reads the pipe, watches the daemon itself
+and turns what it read into a :class:`StartupReport`.  Messages are one line each, with
 backslashes and newlines escaped, so no parser heavier than ``str.split`` is needed here.
 """
 
 from __future__ import annotations
 
 import os
-import select
-import time
+
+from daemonctx import _os
 
 TYPE_CHECKING = False  # see daemonctx/__init__.py: typing is not imported at run time
 if TYPE_CHECKING:
@@ -44,27 +45,38 @@ class StartupReport:
     program successfully), ``"failed"`` (it reported an error), ``"died"`` (it exited without a
     report) or ``"timeout"`` (no report in time).  ``pid`` is the daemon's pid once known,
     ``message`` a one-line human explanation, and ``exit_status`` the status the launcher should
-    exit with.
+    exit with.  For ``"failed"``, ``error_type`` is the name of the exception's class (such as
+    ``"PIDFileLockedError"``), carried as a field of its own so that nobody has to recognise an
+    error by its message; ``message`` then reads ``"<error_type>: <text>"``.
     """
 
-    __slots__ = ("exit_status", "message", "pid", "state")
+    __slots__ = ("error_type", "exit_status", "message", "pid", "state")
 
     def __init__(self, state: StartupState, pid: int | None, message: str,
-                 exit_status: int) -> None:
+                 exit_status: int, error_type: str | None = None) -> None:
         self.state: StartupState = state
         self.pid = pid
         self.message = message
         self.exit_status = exit_status
+        self.error_type = error_type
 
     def __repr__(self) -> str:
         return (f"StartupReport(state={self.state!r}, pid={self.pid!r}, "
-                f"message={self.message!r}, exit_status={self.exit_status!r})")
+                f"message={self.message!r}, exit_status={self.exit_status!r}, "
+                f"error_type={self.error_type!r})")
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, StartupReport):
             return NotImplemented
-        return (self.state, self.pid, self.message, self.exit_status) == (
-            other.state, other.pid, other.message, other.exit_status)
+        return (self.state, self.pid, self.message, self.exit_status, self.error_type) == (
+            other.state, other.pid, other.message, other.exit_status, other.error_type)
+
+    def replace(self, *, message: str | None = None,
+                state: StartupState | None = None) -> StartupReport:
+        """A copy with ``message`` and/or ``state`` changed."""
+        return StartupReport(self.state if state is None else state, self.pid,
+                             self.message if message is None else message, self.exit_status,
+                             self.error_type)
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -97,19 +109,6 @@ _report_pid: int | None = None
 _ready_sent = False
 
 
-def announce_pid(fd: int, pid: int) -> None:
-    """In the intermediate child: tell the launcher the daemon's pid (``P <pid>``).
-
-    Sent by the process that forked the daemon, on a pipe of its own that the launcher reads
-    only when it needs the pid (a timeout, a death, an error): it can then name and stop a
-    daemon that is slow or outlives it, and a start that goes well wakes the launcher once.
-    """
-    try:
-        os.write(fd, f"P {pid}\n".encode())
-    except OSError:
-        pass
-
-
 def _start_reporting(fd: int) -> None:
     """Called by DaemonContext in the daemon, right after the second fork."""
     global _report_fd, _report_pid, _ready_sent
@@ -118,16 +117,21 @@ def _start_reporting(fd: int) -> None:
     _ready_sent = False
 
 
+def _keep_above_closed_fds() -> None:
+    """Called by DaemonContext once it closed the inherited fds: keep the pipe out of reach.
+
+    A Python object created before ``open()`` may still believe it owns the number the pipe
+    has; moved above every number closed behind such objects, it cannot be closed by them.
+    """
+    global _report_fd
+    if _report_fd is not None and _report_pid == os.getpid():
+        _report_fd = _os.above_closed_fds(_report_fd)
+
+
 def _write(line: str) -> None:
-    if _report_fd is None:
-        return
-    data = line.encode("utf-8", "replace")
-    try:
-        while data:
-            written = os.write(_report_fd, data)
-            data = data[written:]
-    except OSError:
-        pass  # the launcher is gone (killed): nobody is left to tell
+    if _report_fd is not None:
+        # False when the launcher is gone (killed): nobody is left to tell
+        _os.write_all(_report_fd, line.encode("utf-8", "replace"))
 
 
 def _finish() -> None:
@@ -175,13 +179,14 @@ def report_failure(exc: BaseException, exit_status: int = 1) -> None:
         code = exc.code
         if isinstance(code, int) or code is None:
             exit_status = code or 0
-            message = f"SystemExit: daemon exited with status {exit_status} before it was ready"
+            message = f"daemon exited with status {exit_status} before it was ready"
             exit_status = exit_status or 1
         else:
-            message = f"SystemExit: {code}"
+            message = str(code)
     else:
-        message = f"{type(exc).__name__}: {exc}"
-    _write(f"E {exit_status} {_escape(message)}\n")
+        message = str(exc)
+    error_type = type(exc).__name__ or "Exception"
+    _write(f"E {exit_status} {error_type} {_escape(message)}\n")
     _finish()
 
 
@@ -216,80 +221,60 @@ def close_in_child() -> None:
 
 
 class ReportReader:
-    """The launcher's side: reads and parses the daemon's lines from the pipe.
+    """The launcher's side: parses the daemon's lines from the report pipe.
 
-    The last report wins (``X`` followed by ``E`` means the exec failed).  ``pid_fd`` is the
-    pipe on which the intermediate child announced the daemon's pid (see :func:`announce_pid`),
-    read by :meth:`learn_pid` once that child has exited.
+    :class:`daemonctx.launcher.Launch` reads the pipe and feeds it here.  The last report wins
+    (``X`` followed by ``E`` means the exec failed).  ``pid`` is the daemon's pid, which the
+    launcher learns from the intermediate child.
     """
 
-    def __init__(self, read_fd: int, pid_fd: int | None = None) -> None:
+    def __init__(self, read_fd: int) -> None:
         self.read_fd = read_fd
-        self.pid_fd = pid_fd
         self.pid: int | None = None
         self.state: StartupState | None = None
         self.message = ""
         self.status = 1
+        self.error_type: str | None = None
         self.eof = False
         self._buffer = b""
 
-    def wait(self, timeout: float | None) -> StartupReport:
-        """Read until a final report, end of file, or ``timeout`` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.eof and self.state not in ("ready", "failed"):
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not select.select([self.read_fd], [], [], remaining)[0]:
-                return StartupReport("timeout", self.pid,
-                                     f"no start-up report within {timeout:g} s", 1)
-            self._feed(os.read(self.read_fd, 4096))
-        return self.report()
-
-    def learn_pid(self) -> int | None:
-        """Read the intermediate child's announcement (call once it has exited); the pid."""
-        fd, self.pid_fd = self.pid_fd, None
-        if fd is not None:
-            try:
-                os.set_blocking(fd, False)
-                self._feed(os.read(fd, 64), final=False)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
-        return self.pid
-
     def drain(self) -> StartupReport:
-        """Read whatever is already in the pipe, without waiting (after a timeout)."""
+        """Read whatever is already in the pipe, without waiting."""
         os.set_blocking(self.read_fd, False)
         try:
             while not self.eof:
-                self._feed(os.read(self.read_fd, 4096))
+                self.feed(os.read(self.read_fd, 4096))
         except BlockingIOError:
             pass
+        finally:
+            os.set_blocking(self.read_fd, True)
         return self.report()
 
     def report(self) -> StartupReport:
         """What was read so far, as a report (``died`` at end of file without one)."""
         if self.state is not None:
-            return StartupReport(self.state, self.pid, self.message, self.status)
+            return StartupReport(self.state, self.pid, self.message, self.status,
+                                 self.error_type)
         who = f"daemon (pid {self.pid})" if self.pid else "daemon"
         if self.eof:
             return StartupReport("died", self.pid,
                                  f"{who} exited during start-up without a report", 1)
         return StartupReport("timeout", self.pid, f"{who} did not report readiness in time", 1)
 
-    def _feed(self, chunk: bytes, final: bool = True) -> None:
-        if not chunk and final:
+    def feed(self, chunk: bytes) -> None:
+        """Parse ``chunk``; an empty chunk is the end of file."""
+        if not chunk:
             self.eof = True
         *lines, self._buffer = (self._buffer + chunk).split(b"\n")
         for raw in lines:
             kind, _, arg = raw.decode("utf-8", "replace").partition(" ")
-            if kind == "P" and arg.isascii() and arg.isdigit():
-                self.pid = int(arg)
-            elif kind == "R":
+            if kind == "R":
                 self.state, self.message, self.status = "ready", "daemon is ready", 0
             elif kind == "X":
                 self.state, self.message, self.status = "exec", "program started", 0
             elif kind == "E":
-                code, _, text = arg.partition(" ")
-                self.state, self.message = "failed", _unescape(text)
-                self.status = int(code) if code.isdigit() and int(code) > 0 else 1
+                code, _, rest = arg.partition(" ")
+                error_type, _, text = rest.partition(" ")
+                self.state, self.error_type = "failed", error_type
+                self.message = f"{error_type}: {_unescape(text)}"
+                self.status = int(code) if code.isdigit() and 0 < int(code) < 256 else 1

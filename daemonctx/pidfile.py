@@ -82,6 +82,7 @@ from typing import Any
 
 import lockfile  # type: ignore[import-untyped]
 
+from daemonctx import _os
 from daemonctx.errors import DaemonError, DaemonOptionError
 
 __all__ = [
@@ -228,7 +229,7 @@ class PIDFile:
         without a timer signal (``SIGALRM`` is process-wide, may be the application's own,
         and only interrupts the main thread), nor cancelled from a helper thread.
         """
-        wait = self.acquire_timeout if timeout is ... else _checked_timeout("timeout", timeout)
+        wait = self.lock_wait if timeout is ... else _checked_timeout("timeout", timeout)
         self._forget_inherited_lock()
         path = os.path.abspath(self.path)
         if self._fd is not None:
@@ -237,7 +238,9 @@ class PIDFile:
                 path, os.getpid())
         deadline = None if wait is None else time.monotonic() + max(wait, 0.0)
         for _ in range(_MAX_START_OVERS):
-            fd = _open_for_locking(path, self.mode)
+            # Numbered above every fd DaemonContext closed behind the back of Python objects
+            # made before open(): collecting one of those must never close the lock.
+            fd = _os.above_closed_fds(_open_for_locking(path, self.mode))
             try:
                 if not _lock(fd, path, deadline):
                     raise _held_error(path, wait)
@@ -247,7 +250,13 @@ class PIDFile:
                     # is on a file nobody will look at any more.  Start over on the new one.
                     os.close(fd)
                     continue
-                _claim_locked_file(fd, path, st, self.mode)
+                try:
+                    _claim_locked_file(fd, path, st, self.mode)
+                except BaseException:
+                    # The lock is ours, so is the file: remove it rather than leave an empty
+                    # or stale pidfile behind (a full disk, say) for `status` to misread.
+                    _remove_if_at(path, st)
+                    raise
             except BaseException:
                 _close_quietly(fd)
                 raise
@@ -355,7 +364,8 @@ class PIDFile:
         return self._fd
 
     def preflight(self, *, uid: int, gid: int, groups: Sequence[int], root: str | None,
-                  cwd: str) -> None:
+                  cwd: str, wait: float | EllipsisType | None = ...,
+                  ignore_holder: bool = False) -> None:
         """Check, before forking, that the daemon will be able to take this pidfile.
 
         Resolves ``path`` as the daemon will see it: relative to ``cwd`` (its working
@@ -364,8 +374,14 @@ class PIDFile:
         file) is not writable by ``uid``/``gid``/``groups`` (judged from the permission bits;
         uid 0 may write anywhere, ACLs are not consulted), or if the file system is read-only;
         :class:`PIDFileUnsafeError` for a path :meth:`acquire` would refuse; and
-        :class:`PIDFileLockedError` naming the holder's pid if the lock is held now (answered
-        by :func:`holder_pid`, without taking the lock).  Creates, locks and changes nothing.
+        :class:`PIDFileLockedError` naming the holder's pid if the lock is held (answered by
+        :func:`holder_pid`, without taking the lock).  Creates, locks and changes nothing.
+
+        A held lock is waited for as :meth:`acquire` would: ``wait`` seconds (default: this
+        object's own timeout, see :attr:`lock_wait`), then :class:`PIDFileTimeoutError` names
+        the holder.  So python-daemon's restart pattern -- SIGTERM the old instance, start the
+        new one with ``TimeoutPIDLockFile(path, 5)`` -- waits for the old one to let go.
+        ``ignore_holder=True`` skips the lock (a restart checks before it stops the holder).
 
         Symbolic links among the directories inside a chroot are followed from the host's
         root, not the chroot's, by this check; :meth:`acquire` in the daemon is exact.
@@ -376,7 +392,7 @@ class PIDFile:
         _check_directory(path, directory, dir_st)
         if uid != 0:
             _check_search_permission(path, directory, root, uid, gid, groups)
-            if not _permits(dir_st, uid, gid, groups, 0o3):
+            if not _os.permits(dir_st, uid, gid, groups, 0o3):
                 raise PIDFileLockFailedError(
                     f"pidfile {path} cannot be created: directory {directory} (owner uid "
                     f"{dir_st.st_uid}, gid {dir_st.st_gid}, mode "
@@ -394,15 +410,34 @@ class PIDFile:
             st = None
         if st is not None:
             _check_file(path, st, dir_st, uid)
-            if uid != 0 and not _permits(st, uid, gid, groups, 0o2):
+            if uid != 0 and not _os.permits(st, uid, gid, groups, 0o2):
                 raise PIDFileLockFailedError(
                     f"pidfile {path} (owner uid {st.st_uid}, mode "
                     f"{stat.S_IMODE(st.st_mode):04o}) is not writable by uid {uid} gid {gid}; "
                     f"remove it or give it to the daemon's user",
                     path, None, errno.EACCES)
-        pid = holder_pid(path)
-        if pid is not None:
-            raise PIDFileLockedError(_held_message(path, pid, "already running"), path, pid)
+        if not ignore_holder:
+            self._wait_until_released(path, self.lock_wait if wait is ... else wait)
+
+    @property
+    def lock_wait(self) -> float | None:
+        """How long :meth:`acquire` without argument waits for a held lock (None: forever)."""
+        return self.acquire_timeout
+
+    def _wait_until_released(self, path: str, wait: float | None) -> None:
+        """Poll :func:`holder_pid` until the lock is free or ``wait`` s passed; raise if held.
+
+        Polled, not locked: taking the lock, even briefly, in the launching process could make
+        a concurrent start fail.  The pause grows from 1 ms to 50 ms, like :meth:`acquire`'s.
+        """
+        deadline = None if wait is None else time.monotonic() + max(wait, 0.0)
+        pause = 0.001
+        while holder_pid(path) is not None:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise _held_error(path, wait)
+            time.sleep(pause if remaining is None else min(pause, remaining))
+            pause = min(pause * 2, _MAX_RETRY_PAUSE)
 
     # --- context manager --------------------------------------------------------------------
 
@@ -451,11 +486,13 @@ class TimeoutPIDLockFile(PIDFile):
                 **kwargs: Any) -> None:
         """Take the lock as python-daemon does (see the class documentation)."""
         wait = None if timeout is ... else _checked_timeout("timeout", timeout)
-        if wait is None:
-            wait = self.acquire_timeout
-        if wait is None:
-            wait = self.timeout
-        super().acquire(0 if wait is None or wait <= 0 else wait)
+        super().acquire(self.lock_wait if wait is None else max(wait, 0.0))
+
+    @property
+    def lock_wait(self) -> float:
+        """``acquire_timeout``, else lockfile's ``timeout``; 0 (no wait) when neither is > 0."""
+        wait = self.acquire_timeout if self.acquire_timeout is not None else self.timeout
+        return 0.0 if wait is None or wait <= 0 else wait
 
 
 # --- holder_pid -----------------------------------------------------------------------------
@@ -645,11 +682,13 @@ def _is_file_at(path: str, st: os.stat_result) -> bool:
     return (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
 
 
-def _is_not_regular(path: str) -> bool:
+def _remove_if_at(path: str, st: os.stat_result) -> None:
+    """Remove ``path`` if it still names the file ``st`` describes; errors are ignored."""
     try:
-        return not stat.S_ISREG(os.lstat(path).st_mode)
+        if _is_file_at(path, st):
+            os.unlink(path)
     except OSError:
-        return False
+        pass
 
 
 def _parse_pid(data: bytes) -> int | None:
@@ -854,19 +893,6 @@ def _resolve_inside(path: str, root: str | None, cwd: str) -> str:
     return os.path.join(os.path.abspath(root), resolved.lstrip("/"))
 
 
-def _permits(st: os.stat_result, uid: int, gid: int, groups: Sequence[int], want: int) -> bool:
-    """Whether the mode bits give ``want`` (``0o4``/``0o2``/``0o1`` bits) to the user."""
-    if uid == 0:
-        return True
-    if st.st_uid == uid:
-        bits = st.st_mode >> 6
-    elif st.st_gid == gid or st.st_gid in groups:
-        bits = st.st_mode >> 3
-    else:
-        bits = st.st_mode
-    return bits & want == want
-
-
 def _check_search_permission(path: str, directory: str, root: str | None, uid: int, gid: int,
                              groups: Sequence[int]) -> None:
     top = os.path.abspath(root) if root is not None else "/"
@@ -877,7 +903,7 @@ def _check_search_permission(path: str, directory: str, root: str | None, uid: i
         ancestors.append(current)
     for ancestor in reversed(ancestors):
         st = os.stat(ancestor)
-        if not _permits(st, uid, gid, groups, 0o1):
+        if not _os.permits(st, uid, gid, groups, 0o1):
             raise PIDFileLockFailedError(
                 f"pidfile {path} cannot be reached: directory {ancestor} (mode "
                 f"{stat.S_IMODE(st.st_mode):04o}, owner uid {st.st_uid}) is not searchable by "

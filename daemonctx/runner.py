@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, ClassVar, Literal, NoReturn
 
+from daemonctx import _proc
 from daemonctx.errors import DaemonError, DaemonOptionError, DaemonOSEnvironmentError
 
 if TYPE_CHECKING:
@@ -70,7 +71,6 @@ STATUS_NOT_RUNNING = 3
 STATUS_UNKNOWN = 4
 
 _MAX_POLL_PAUSE = 0.05
-_MAX_TREE_SIZE = 10_000
 
 
 # --- errors ---------------------------------------------------------------------------------
@@ -212,10 +212,14 @@ DEFAULT_STOP_SCHEDULE = StopSchedule(((int(signal.SIGTERM), 30.0), (int(signal.S
 
 @dataclass
 class _Target:
-    """The daemon as found through the lock: ``pidfd`` is None if ``pid`` exited already."""
+    """The daemon as found through the lock: ``pidfd`` is None if ``pid`` exited already.
+
+    ``removed``: the daemon holds the lock of a pidfile that was removed from under it.
+    """
 
     pid: int
     pidfd: int | None
+    removed: bool = False
 
     def close(self) -> None:
         if self.pidfd is not None:
@@ -227,59 +231,6 @@ def _holder_pid(path: str) -> int | None:
     from daemonctx.pidfile import holder_pid
 
     return holder_pid(path)
-
-
-def _file_identity(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-def _holds_lock(pid: int, identity: tuple[int, int] | None) -> bool | None:
-    """Whether ``pid`` has the pidfile open with an flock on it; None if that cannot be seen.
-
-    Read from ``/proc/<pid>/fd`` (which file each fd is) and ``/proc/<pid>/fdinfo`` (which
-    locks it carries: every fd sharing the open file description shows the ``flock``).
-    """
-    if identity is None:
-        return None
-    base = f"/proc/{pid}"
-    try:
-        names = os.listdir(f"{base}/fd")
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return None  # not permitted (another user's process): cannot tell
-    for name in names:
-        try:
-            st = os.stat(f"{base}/fd/{name}")
-            if (st.st_dev, st.st_ino) != identity:
-                continue
-            with open(f"{base}/fdinfo/{name}", encoding="ascii", errors="replace") as info:
-                if any(line.startswith("lock:") and "FLOCK" in line for line in info):
-                    return True
-        except OSError:
-            continue
-    return False
-
-
-def _processes_holding(path: str) -> list[int]:
-    """Every process with an fd carrying the pidfile's flock (a scan of all of /proc).
-
-    Used only when the pid the lock names is gone while the lock is still held: processes it
-    forked kept the inherited descriptor.
-    """
-    identity = _file_identity(path)
-    found: list[int] = []
-    if identity is None:
-        return found
-    me = os.getpid()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != me and _holds_lock(int(entry), identity):
-            found.append(int(entry))
-    return found
 
 
 #: Seconds a lock holder gets to write its pid before it is taken for an impostor.
@@ -329,7 +280,7 @@ def _open_holder(path: str) -> _Target | None:
     for _ in range(5):
         pid = _holder_pid(path)
         if pid is None:
-            return None
+            return _open_removed_holder(path)
         why_not = _impostor(path, pid)
         if why_not is not None:
             raise DaemonError(why_not)
@@ -343,7 +294,7 @@ def _open_holder(path: str) -> _Target | None:
             raise DaemonOSEnvironmentError(
                 exc.errno, f"cannot open a pidfd for pid {pid}: {exc.strerror}") from exc
         if _holder_pid(path) == pid:
-            if _holds_lock(pid, _file_identity(path)) is not False:
+            if _proc.holds_flock(pid, _proc.file_identity(path)) is not False:
                 return _Target(pid, pidfd)
             # The lock names a pid that exited and was recycled by an unrelated process;
             # processes the daemon left behind still hold the lock.
@@ -353,6 +304,13 @@ def _open_holder(path: str) -> _Target | None:
     raise DaemonError(
         f"the lock of pidfile {path} changed hands five times while looking for its holder: "
         f"something keeps starting and stopping the daemon; retry")
+
+
+def _lock_holder_pidfds_closed(target: _Target, path: str) -> list[tuple[int, int]]:
+    found = _lock_holder_pidfds(target, path, set())
+    for _, fd in found:
+        os.close(fd)
+    return found
 
 
 def _pidfd_exited(pidfd: int | None) -> bool:
@@ -374,68 +332,64 @@ def _send(pidfd: int, pid: int, signum: int) -> bool:
     return True
 
 
-def _child_pids(pid: int) -> list[int]:
-    result: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return result
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as children:
-                result.extend(int(x) for x in children.read().split())
-        except OSError:
-            continue
-    return result
+def _lock_holder_pidfds(target: _Target, path: str,
+                        exclude: set[int]) -> list[tuple[int, int]]:
+    """Pidfds on every other process still holding the daemon's lock (checked after opening)."""
+    if target.removed:
+        holders = {pid for pid, _ in _proc.processes_locking_removed(path)} - exclude
+        return _proc.pidfds_if(sorted(holders), lambda pid: _locks_removed(pid, path))
+    identity = _proc.file_identity(path)
+    holders = set(_proc.processes_holding_flock(path)) - exclude
+    return _proc.pidfds_if(sorted(holders), lambda pid: bool(_proc.holds_flock(pid, identity)))
 
 
-def _parent_pid(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as stat_file:
-            text = stat_file.read()
-        return int(text[text.rindex(")") + 2:].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
+def _locks_removed(pid: int, path: str) -> bool:
+    return any(p == pid for p, _ in _proc.processes_locking_removed(path, pids=[pid]))
 
 
-def _descendant_pidfds(pid: int) -> list[tuple[int, int]]:
-    """Pidfds on the descendants of ``pid``, each checked to still be its parent's child.
+def find_removed_pidfile_holder(pidfile_path: str | os.PathLike[str]) -> int | None:
+    """The daemon still holding the lock of its pidfile after the file at the path was removed.
 
-    The pidfd is opened first and the parent checked after: if the pid was recycled in between,
-    the pidfd names the exited process and signalling it does nothing.
+    Someone deleted ``/run/app.pid`` (a clean-up script, a careless ``rm``) while the daemon
+    ran: its descriptor still holds the lock, on a file nobody can open by name any more.  The
+    kernel shows that descriptor as ``"<path> (deleted)"``; the process holding an ``flock``
+    through one, whose file names that process's own pid (so it wrote it), is the daemon.  None
+    if there is none.  Scans ``/proc`` (every process's fds): a few milliseconds.
     """
-    found: list[tuple[int, int]] = []
-    queue = [pid]
-    while queue and len(found) < _MAX_TREE_SIZE:
-        parent = queue.pop()
-        for child in _child_pids(parent):
-            try:
-                fd = os.pidfd_open(child)
-            except OSError:
-                continue
-            if _parent_pid(child) != parent:
-                os.close(fd)
-                continue
-            found.append((child, fd))
-            queue.append(child)
-    return found
+    path = os.path.abspath(os.fspath(pidfile_path))
+    for pid, fd_name in _proc.processes_locking_removed(path):
+        if _removed_file_names(pid, fd_name) == pid:
+            return pid
+    return None
 
 
-def _lock_holder_pidfds(path: str, exclude: set[int]) -> list[tuple[int, int]]:
-    identity = _file_identity(path)
-    found: list[tuple[int, int]] = []
-    for pid in _processes_holding(path):
-        if pid in exclude:
-            continue
-        try:
-            fd = os.pidfd_open(pid)
-        except OSError:
-            continue
-        if _holds_lock(pid, identity):
-            found.append((pid, fd))
-        else:
-            os.close(fd)
-    return found
+def _removed_file_names(pid: int, fd_name: str) -> int | None:
+    from daemonctx.pidfile import _parse_pid
+
+    try:
+        fd = os.open(f"/proc/{pid}/fd/{fd_name}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        return _parse_pid(os.pread(fd, 64, 0))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _open_removed_holder(path: str) -> _Target | None:
+    pid = find_removed_pidfile_holder(path)
+    if pid is None:
+        return None
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    if not _locks_removed(pid, path):  # checked after opening: the pidfd is that process
+        os.close(pidfd)
+        return None
+    return _Target(pid, pidfd, removed=True)
 
 
 # --- stop and signal ------------------------------------------------------------------------
@@ -522,9 +476,10 @@ def stop_daemon(pidfile_path: str | os.PathLike[str],
             _signal_target(target, path, signum)
             if _wait_released(target, path, wait):
                 remove_stale_pidfile(path)
-                return StopResult("stopped", target.pid, f"stopped pid {target.pid}")
+                how = " (its pidfile had been removed)" if target.removed else ""
+                return StopResult("stopped", target.pid, f"stopped pid {target.pid}{how}")
         if _pidfd_exited(target.pidfd):
-            left = _processes_holding(path)
+            left = [pid for pid, _ in _lock_holder_pidfds_closed(target, path)]
             message = (f"pid {target.pid} exited, but its pidfile {path} is still locked by "
                        f"processes it left behind (pids {', '.join(map(str, left)) or '?'}) "
                        f"after the schedule {schedule}")
@@ -540,13 +495,13 @@ def _signal_target(target: _Target, path: str, signum: int) -> None:
     try:
         main_alive = target.pidfd is not None and not _pidfd_exited(target.pidfd)
         if main_alive and signum == signal.SIGKILL:
-            extra = _descendant_pidfds(target.pid)  # before the kill re-parents them
+            extra = _proc.descendant_pidfds([target.pid])  # before the kill re-parents them
         if main_alive:
             assert target.pidfd is not None
             _send(target.pidfd, target.pid, signum)
         if not main_alive or signum == signal.SIGKILL:
             seen = {target.pid, *(pid for pid, _ in extra)}
-            extra += _lock_holder_pidfds(path, seen)
+            extra += _lock_holder_pidfds(target, path, seen)
         for pid, fd in extra:
             _send(fd, pid, signum)
     finally:
@@ -565,8 +520,10 @@ def _wait_released(target: _Target, path: str, timeout: float) -> bool:
     # exit, unless processes it forked keep the descriptor: nothing signals that, so poll.
     pause = 0.001
     while True:
-        holder = _holder_pid(path)
-        if holder is None or holder != target.pid:
+        if target.removed:
+            if not _proc.processes_locking_removed(path):
+                return True
+        elif _holder_pid(path) != target.pid:
             return True
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -618,7 +575,7 @@ class ProcessInfo:
 
 def process_info(pid: int, *, with_children: bool = True) -> ProcessInfo:
     """Read :class:`ProcessInfo` for ``pid`` (and, recursively, its children) from /proc."""
-    budget = [_MAX_TREE_SIZE]
+    budget = [_proc.MAX_TREE_SIZE]
     return _process_info(pid, with_children, budget)
 
 
@@ -626,45 +583,10 @@ def _process_info(pid: int, with_children: bool, budget: list[int]) -> ProcessIn
     budget[0] -= 1
     children: tuple[ProcessInfo, ...] = ()
     if with_children and budget[0] > 0:
-        children = tuple(_process_info(c, True, budget) for c in _child_pids(pid)
+        children = tuple(_process_info(c, True, budget) for c in _proc.children(pid)
                          if budget[0] > 0)
-    return ProcessInfo(pid, _command_line(pid), _uptime(pid), _rss(pid), children)
-
-
-def _command_line(pid: int) -> tuple[str, ...]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            raw = cmdline.read()
-    except OSError:
-        return ()
-    if raw:
-        return tuple(arg.decode("utf-8", "replace") for arg in raw.rstrip(b"\0").split(b"\0"))
-    try:
-        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as comm:
-            return (f"[{comm.read().strip()}]",)
-    except OSError:
-        return ()
-
-
-def _uptime(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as stat_file:
-            text = stat_file.read()
-        with open("/proc/uptime", encoding="ascii") as uptime_file:
-            system_uptime = float(uptime_file.read().split()[0])
-        start_ticks = int(text[text.rindex(")") + 2:].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-    return max(0.0, system_uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
-
-
-def _rss(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/statm", encoding="ascii") as statm:
-            pages = int(statm.read().split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return pages * os.sysconf("SC_PAGE_SIZE")
+    return ProcessInfo(pid, _proc.command_line(pid), _proc.uptime(pid), _proc.rss(pid),
+                       children)
 
 
 @dataclass(frozen=True)
@@ -766,13 +688,19 @@ def daemon_status(pidfile_path: str | os.PathLike[str]) -> DaemonStatus:
         return DaemonStatus(path, STATUS_UNKNOWN, "unknown", None,
                             f"status unknown: {exc}")
     if pid is None:
+        removed_holder = find_removed_pidfile_holder(path)
+        if removed_holder is not None:
+            return DaemonStatus(path, STATUS_RUNNING, "running", removed_holder,
+                                f"running: pid {removed_holder} holds the lock of its pidfile "
+                                f"{path}, which was removed from under it; 'stop' finds it "
+                                f"the same way", process_info(removed_holder))
         if not exists:
             return DaemonStatus(path, STATUS_NOT_RUNNING, "stopped", None,
                                 f"not running (no pidfile {path})")
         named = PIDFile(path).read_pid()
         if named is None:
             detail = "names no pid"
-        elif _process_exists(named):
+        elif _proc.is_alive(named):
             detail = (f"names pid {named}, which is alive but does not hold the lock: an "
                       f"unrelated process that reused the pid")
         else:
@@ -783,9 +711,9 @@ def daemon_status(pidfile_path: str | os.PathLike[str]) -> DaemonStatus:
     why_not = _impostor(path, pid)
     if why_not is not None:
         return DaemonStatus(path, STATUS_UNKNOWN, "unknown", pid, f"status unknown: {why_not}")
-    holds = _holds_lock(pid, _file_identity(path))
+    holds = _proc.holds_flock(pid, _proc.file_identity(path))
     if holds is False:
-        holders = tuple(_processes_holding(path))
+        holders = tuple(_proc.processes_holding_flock(path))
         listed = ", ".join(map(str, holders)) or "?"
         return DaemonStatus(path, STATUS_UNKNOWN, "unknown", pid,
                             f"pid {pid} named by the lock of {path} has exited, but processes "
@@ -794,15 +722,6 @@ def daemon_status(pidfile_path: str | os.PathLike[str]) -> DaemonStatus:
     info = process_info(pid)
     return DaemonStatus(path, STATUS_RUNNING, "running", pid,
                         f"running: pid {pid} holds the lock of {path}", info)
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as stat_file:
-            text = stat_file.read()
-    except OSError:
-        return False
-    return text[text.rindex(")") + 2:].split()[0] != "Z"
 
 
 # --- DaemonRunner (python-daemon 2.x) -------------------------------------------------------

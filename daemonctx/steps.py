@@ -151,7 +151,9 @@ def detach_process_context(
     In the original process ``launcher(child_pid)`` is called and must not return: it waits for
     the daemon's start-up report.  In the intermediate child, ``announce(daemon_pid)`` is called
     right after the second fork, before it exits: the launcher learns the daemon's pid at
-    once, off the daemon's own path.  SIGHUP is blocked across the first fork and ``setsid`` so
+    once, off the daemon's own path, and while the intermediate child has not exited (it may
+    wait in ``announce``) that pid is its unreaped child's, so it cannot have been reused.
+    SIGHUP is blocked across the first fork and ``setsid`` so
     that a launcher that leads a pty session (``ssh -t``, ``script``) cannot kill the child
     with the hang-up sent when it exits; the daemon resets the mask later.
     """
@@ -235,8 +237,8 @@ def highest_open_fd() -> int | None:
     return None
 
 
-def close_inherited_fds(keep: Iterable[int], highest_fd: int | None = None) -> None:
-    """Close every fd above 2 that is not in ``keep``, in O(open fds).
+def close_inherited_fds(keep: Iterable[int], highest_fd: int | None = None) -> int:
+    """Close every fd above 2 that is not in ``keep``, in O(open fds); the highest fd examined.
 
     The top of the range is the highest fd actually open, not RLIMIT_NOFILE: the limit may be
     huge (2**20 in containers), may have been lowered below an open fd, or may have changed
@@ -258,6 +260,7 @@ def close_inherited_fds(keep: Iterable[int], highest_fd: int | None = None) -> N
         low = fd + 1
     if low <= highest:
         os.closerange(low, highest + 1)
+    return highest
 
 
 def redirect_stream(target_fd: int, stream_fd: int) -> None:

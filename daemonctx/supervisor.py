@@ -41,14 +41,17 @@ from dataclasses import dataclass, fields, replace
 from types import FrameType, ModuleType
 from typing import Any, Literal, NoReturn
 
-from daemonctx import handshake
+from daemonctx import _os, handshake
 from daemonctx._signal_module import signal as c_signal  # no enum conversions on hot paths
 from daemonctx.errors import DaemonError, DaemonOptionError
 
 if sys.platform.startswith("linux"):
     # Loaded with the module, not when the service starts: PR_SET_PDEATHSIG goes through it,
     # and a supervisor's start-up time is what a deploy or a restart waits for.
-    import ctypes
+    try:
+        _os.load_prctl()
+    except (OSError, AttributeError):
+        pass
 
 __all__ = [
     "RestartPolicy",
@@ -65,7 +68,6 @@ WorkerStartHook = Callable[[int], object]
 WorkerExitHook = Callable[[int, int, int], object]
 _SignalHandler = Callable[[int, FrameType | None], Any] | int | None
 
-_PR_SET_PDEATHSIG = 1
 _HANDLED_SIGNALS = (
     signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
     signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD,
@@ -293,6 +295,7 @@ def fork_processes(num_processes: int | None = None, max_restarts: int | None = 
                    on_worker_exit: WorkerExitHook | None = None,
                    proc_title: str | None = None,
                    parent_death_signal: int = signal.SIGKILL,
+                   logger: str | Any | None = None,
                    **policy_fields: Any) -> int:
     """Fork ``num_processes`` workers; return the task id in each, never return in the master.
 
@@ -311,6 +314,11 @@ def fork_processes(num_processes: int | None = None, max_restarts: int | None = 
     Unlike tornado, the master also handles signals (module docstring): SIGTERM stops every worker
     and then ``sys.exit(0)``, HUP restarts them one at a time, TTIN/TTOU scale; and workers die
     with their master.  Create no event loop, thread or child before calling it.
+
+    Its log says what tornado's says, word for word (``Starting 4 processes``, ``child 1 (pid
+    4242) exited with status 3, restarting``, ``child 1 (pid 4242) exited normally``), on
+    ``logger``: by default tornado's own ``tornado.general`` when tornado is loaded (where
+    tornado's users and tornado's tests look for it), otherwise ``daemonctx.supervisor``.
 
     The richer policy is opt-in: pass a whole ``policy`` or any :class:`RestartPolicy` field as a
     keyword (``fork_processes(4, restart_burst=5, backoff_initial=0.5)``), applied over
@@ -333,9 +341,13 @@ def fork_processes(num_processes: int | None = None, max_restarts: int | None = 
     if max_restarts is not None:
         policy_fields["max_restarts"] = max_restarts
     effective = replace(base, **policy_fields) if policy_fields else base
+    if logger is None:
+        logger = "tornado.general" if "tornado.log" in sys.modules else "daemonctx.supervisor"
     supervisor = Supervisor(num_processes, policy=effective, graceful_timeout=graceful_timeout,
                             on_worker_start=on_worker_start, on_worker_exit=on_worker_exit,
-                            proc_title=proc_title, parent_death_signal=parent_death_signal)
+                            proc_title=proc_title, parent_death_signal=parent_death_signal,
+                            logger=logger)
+    supervisor._wording = _TornadoWording()
     _fork_processes_called = True
     worker = supervisor.run()
     if worker is None:
@@ -378,6 +390,8 @@ class Supervisor:
     ``on_worker_exit(task_id, pid, exit_status)`` (``exit_status`` like
     :attr:`subprocess.Popen.returncode`).  With ``proc_title`` and the optional ``setproctitle``
     package, processes are titled ``"<proc_title> master"`` and ``"<proc_title> worker <id>"``.
+    The master logs its events on ``logger`` (a :class:`logging.Logger` or a logger's name,
+    default ``"daemonctx.supervisor"``).
 
     The ``handle_<signal>`` methods hold what each signal means; hooks running in the master
     may call them too (``supervisor.handle_term()`` from ``on_worker_exit`` stops the service).
@@ -392,7 +406,8 @@ class Supervisor:
                  on_worker_start: WorkerStartHook | None = None,
                  on_worker_exit: WorkerExitHook | None = None,
                  proc_title: str | None = None,
-                 parent_death_signal: int = signal.SIGKILL) -> None:
+                 parent_death_signal: int = signal.SIGKILL,
+                 logger: str | Any = "daemonctx.supervisor") -> None:
         if num_workers is not None and (isinstance(num_workers, bool)
                                         or not isinstance(num_workers, int)):
             raise _option_error("num_workers", num_workers,
@@ -411,6 +426,8 @@ class Supervisor:
             raise _option_error("parent_death_signal", parent_death_signal, "a signal number")
         if proc_title is not None and not isinstance(proc_title, str):
             raise _option_error("proc_title", proc_title, "a string or None")
+        if not isinstance(logger, str) and not callable(getattr(logger, "warning", None)):
+            raise _option_error("logger", logger, "a logging.Logger or a logger's name")
         self.num_workers = num_workers
         self.policy = policy if policy is not None else RestartPolicy()
         self.graceful_timeout = float(graceful_timeout)
@@ -418,6 +435,8 @@ class Supervisor:
         self.on_worker_exit = on_worker_exit
         self.proc_title = proc_title
         self.parent_death_signal = int(parent_death_signal)
+        self.logger: str | Any = logger
+        self._wording = _Wording()
         self._master_pid = 0
         self._ran = False
         self._slots: dict[int, _Slot] = {}
@@ -504,6 +523,9 @@ class Supervisor:
 
     # -- signal handlers, run by the loop (never inside the signal handler itself) -----------
 
+    def _log(self, level: str, message: str, *args: object) -> None:
+        _log_to(self.logger, level, message, *args)
+
     def handle_term(self) -> None:
         """SIGTERM: stop gracefully; if already stopping, kill every worker now."""
         self._begin_stop(immediate=self._stopping)
@@ -525,7 +547,7 @@ class Supervisor:
         if self._stopping:
             return
         self._generation += 1
-        _log("info", "rolling restart of %d workers requested", len(self._slots))
+        self._log("info", "rolling restart of %d workers requested", len(self._slots))
         if self._announced and not self._reloading:
             self._reloading = True
             _notify_systemd(reloading=True)
@@ -538,7 +560,7 @@ class Supervisor:
         new_id = next(i for i in range(len(busy) + 1) if i not in busy)
         slot = _Slot(new_id, next_delay=self.policy.backoff_initial)
         self._slots[new_id] = slot
-        _log("info", "adding worker %d (SIGTTIN)", new_id)
+        self._log("info", "adding worker %d (SIGTTIN)", new_id)
         self._spawn(slot)
 
     def handle_ttou(self) -> None:
@@ -546,11 +568,11 @@ class Supervisor:
         if self._stopping:
             return
         if len(self._slots) <= 1:
-            _log("info", "SIGTTOU ignored: the service is down to one worker")
+            self._log("info", "SIGTTOU ignored: the service is down to one worker")
             return
         retired = max(self._slots)
         del self._slots[retired]
-        _log("info", "retiring worker %d (SIGTTOU)", retired)
+        self._log("info", "retiring worker %d (SIGTTOU)", retired)
         now = time.monotonic()
         for worker in list(self._workers.values()):
             if worker.task_id == retired:
@@ -602,10 +624,12 @@ class Supervisor:
         self._poller.register(self._ready_r, select.POLLIN)
         if self.proc_title is not None:
             _set_proc_title(f"{self.proc_title} master")
-        _log("info", "starting %d worker processes", self.num_workers)
+        self._log("info", *self._wording.starting(self.num_workers))
 
     def _internal_pipe(self, *, blocking: bool) -> tuple[int, int]:
-        read_end, write_end = os.pipe()
+        # Above every fd DaemonContext closed behind objects made before open(), so that
+        # collecting one of them never closes the master's or a worker's pipe.
+        read_end, write_end = (_os.above_closed_fds(fd) for fd in os.pipe())
         self._internal_fds += [read_end, write_end]
         for fd in (read_end, write_end):
             os.set_blocking(fd, blocking)
@@ -674,8 +698,9 @@ class Supervisor:
         for worker in self._workers.values():
             if worker.kill_at is not None and now >= worker.kill_at:
                 worker.kill_at = None
-                _log("warning", "worker %d (pid %d) still running %.1f s after SIGTERM: SIGKILL",
-                     worker.task_id, worker.pid, self.graceful_timeout)
+                self._log("warning",
+                          "worker %d (pid %d) still running %.1f s after SIGTERM: SIGKILL",
+                          worker.task_id, worker.pid, self.graceful_timeout)
                 _kill(worker.pid, signal.SIGKILL)
         if self._stopping:
             return
@@ -708,7 +733,7 @@ class Supervisor:
                          successor_of=successor_of)
         self._workers[pid] = worker
         slot.current = worker
-        _log("info", "worker %d started (pid %d)", slot.task_id, pid)
+        self._log("info", "worker %d started (pid %d)", slot.task_id, pid)
 
     def _become_worker(self, task: int, signal_mask: Iterable[int]) -> NoReturn:
         global _task_id, _ready_fd, _parent_death_fd
@@ -785,27 +810,28 @@ class Supervisor:
             if worker is not None and not worker.ready:
                 worker.ready = True
                 worker.successor_of = None
-                _log("info", "worker %d (pid %d) is ready", worker.task_id, worker.pid)
+                self._log("info", "worker %d (pid %d) is ready", worker.task_id, worker.pid)
 
     def _handle_exit(self, pid: int, status: int, now: float) -> None:
         worker = self._workers.pop(pid, None)
         if worker is None:
             # An orphan reparented to us, or a child the application started: reaped all the same.
-            _log("debug", "reaped unknown child %d (%s)", pid,
-                 _describe_exit(os.waitstatus_to_exitcode(status)))
+            self._log("debug", "reaped unknown child %d (%s)", pid,
+                      _describe_exit(os.waitstatus_to_exitcode(status)))
             return
         code = os.waitstatus_to_exitcode(status)
         if self.on_worker_exit is not None:
             try:
                 self.on_worker_exit(worker.task_id, pid, code)
             except Exception:
-                _log("exception", "on_worker_exit(%d, %d, %d) failed", worker.task_id, pid, code)
+                self._log("exception", "on_worker_exit(%d, %d, %d) failed",
+                          worker.task_id, pid, code)
         if self._rolling_old is worker:
             self._rolling_old = None
         slot = self._slots.get(worker.task_id)
         if self._stopping or worker.retiring or slot is None or slot.current is not worker:
             level = "info" if self._stopping or worker.retiring else "warning"
-            _log(level, "worker %d (pid %d) %s", worker.task_id, pid, _describe_exit(code))
+            self._log(level, *self._wording.exited(worker.task_id, pid, code))
             return
         slot.current = None
         old = worker.successor_of
@@ -824,17 +850,18 @@ class Supervisor:
         message = (f"rolling restart abandoned: replacement worker {failed.task_id} (pid"
                    f" {failed.pid}) {_describe_exit(code)} before it was ready; the old workers"
                    " keep serving")
-        _log("error", "%s", message)
+        self._log("error", "%s", message)
         if self._reloading:
             self._reloading = False
             _notify_systemd(ready=True, status=message)
 
     def _handle_slot_exit(self, slot: _Slot, worker: _Worker, code: int, now: float) -> None:
         policy = self.policy
-        what = f"worker {worker.task_id} (pid {worker.pid}) {_describe_exit(code)}"
+        exited = self._wording.exited(worker.task_id, worker.pid, code)
+        what = exited[0] % exited[1:]
         if policy.restart == "on-failure" and code in policy.success_exit_statuses:
             del self._slots[slot.task_id]
-            _log("info", "%s: not restarted", what)
+            self._log("info", *self._wording.finished(worker.task_id, worker.pid, code))
             return
         uptime = now - worker.started
         if policy.boot_retries is not None and (not worker.ready or uptime < policy.start_period):
@@ -874,9 +901,9 @@ class Supervisor:
         slot.next_delay = min(max(delay * policy.backoff_factor, policy.backoff_initial),
                               policy.backoff_max)
         if delay > 0:
-            _log("warning", "%s, restarting in %.2f s", what, delay)
+            self._log("warning", exited[0] + ", restarting in %.2f s", *exited[1:], delay)
         else:
-            _log("warning", "%s, restarting", what)
+            self._log("warning", exited[0] + ", restarting", *exited[1:])
         if delay <= 0:
             self._spawn(slot)
         else:
@@ -901,13 +928,13 @@ class Supervisor:
                     and current.generation < self._generation):
                 current.superseded = True
                 self._rolling_old = current
-                _log("info", "replacing worker %d (pid %d)", task, current.pid)
+                self._log("info", "replacing worker %d (pid %d)", task, current.pid)
                 self._spawn(slot, successor_of=current)
                 return
         if self._reloading and self._all_ready() and all(
                 w.generation >= self._generation for w in self._workers.values()):
             self._reloading = False
-            _log("info", "rolling restart complete")
+            self._log("info", "rolling restart complete")
             _notify_systemd(ready=True)
 
     def _all_ready(self) -> bool:
@@ -918,7 +945,7 @@ class Supervisor:
             return
         if self._all_ready():
             self._announced = True
-            _log("info", "all %d workers are ready", len(self._slots))
+            self._log("info", "all %d workers are ready", len(self._slots))
             assert self._handshake is not None
             self._handshake.notify_ready()
 
@@ -929,7 +956,7 @@ class Supervisor:
 
     def _begin_stop(self, *, immediate: bool) -> None:
         if not self._stopping:
-            _log("info", "stopping %d workers", len(self._workers))
+            self._log("info", "stopping %d workers", len(self._workers))
         self._stopping = True
         self._rolling_old = None
         now = time.monotonic()
@@ -949,7 +976,7 @@ class Supervisor:
                  code: int | None = None) -> None:
         if self._failure is None:
             self._failure = SupervisorError(message, task_id=task, pid=pid, exit_status=code)
-            _log("error", "%s", message)
+            self._log("error", "%s", message)
         self._begin_stop(immediate=False)
 
     def _kill_all_now(self) -> None:
@@ -966,23 +993,55 @@ class Supervisor:
 
 # -- small helpers -------------------------------------------------------------------------------
 
-def _log(level: str, message: str, *args: object) -> None:
-    """Log through the ``daemonctx.supervisor`` logger if the application uses :mod:`logging`.
+def _log_to(logger: str | Any, level: str, message: str, *args: object) -> None:
+    """Log through ``logger`` (a :class:`logging.Logger`, or a logger's name).
 
-    Otherwise warnings and errors go straight to stderr, as logging's last-resort handler would
-    print them: importing logging (and with it threading, whose fork hooks slow every fork) is
-    left to applications that configure it.
+    For a name, :mod:`logging` is used only if the application imported it; otherwise warnings
+    and errors go straight to stderr, as logging's last-resort handler would print them:
+    importing logging (and with it threading, whose fork hooks slow every fork) is left to
+    applications that configure it.
     """
+    if not isinstance(logger, str):
+        getattr(logger, level)(message, *args)
+        return
     logging = sys.modules.get("logging")
     if logging is not None:
-        getattr(logging.getLogger("daemonctx.supervisor"), level)(message, *args)
+        getattr(logging.getLogger(logger), level)(message, *args)
         return
     if level in ("warning", "error", "exception"):
         text = message % args if args else message
         if level == "exception":
             error = sys.exc_info()[1]
             text += f": {type(error).__name__}: {error}"
-        _write_stderr(f"daemonctx.supervisor: {text}")
+        _write_stderr(f"{logger}: {text}")
+
+
+class _Wording:
+    """How the supervisor words the events that tornado's ``fork_processes`` logs too."""
+
+    def starting(self, count: int) -> tuple[Any, ...]:
+        return ("starting %d worker processes", count)
+
+    def exited(self, task: int, pid: int, code: int) -> tuple[Any, ...]:
+        return ("worker %d (pid %d) %s", task, pid, _describe_exit(code))
+
+    def finished(self, task: int, pid: int, code: int) -> tuple[Any, ...]:
+        return ("worker %d (pid %d) %s: not restarted", task, pid, _describe_exit(code))
+
+
+class _TornadoWording(_Wording):
+    """tornado's own messages, word for word (``tornado/process.py``), for fork_processes."""
+
+    def starting(self, count: int) -> tuple[Any, ...]:
+        return ("Starting %d processes", count)
+
+    def exited(self, task: int, pid: int, code: int) -> tuple[Any, ...]:
+        if code < 0:
+            return ("child %d (pid %d) killed by signal %d", task, pid, -code)
+        return ("child %d (pid %d) exited with status %d", task, pid, code)
+
+    def finished(self, task: int, pid: int, code: int) -> tuple[Any, ...]:
+        return ("child %d (pid %d) exited normally", task, pid)
 
 
 def _notify_systemd(**assignments: Any) -> None:
@@ -1068,23 +1127,14 @@ def _set_proc_title(title: str) -> None:
 
 
 def _load_pdeathsig_setter() -> Callable[[int], None] | None:
-    """``prctl(PR_SET_PDEATHSIG, sig)`` through ctypes, loaded in the master; None off Linux."""
+    """``prctl(PR_SET_PDEATHSIG, sig)``, loaded in the master; None off Linux."""
     if not sys.platform.startswith("linux") or not _use_pdeathsig:
         return None
     try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        _os.load_prctl()
     except (OSError, AttributeError):
         return None
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
-                      ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-
-    def set_parent_death_signal(signum: int) -> None:
-        if prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
-            errno = ctypes.get_errno()
-            raise OSError(errno, f"prctl(PR_SET_PDEATHSIG): {os.strerror(errno)}")
-
-    return set_parent_death_signal
+    return _os.set_parent_death_signal
 
 
 def _start_parent_death_watcher(fd: int, signum: int) -> None:

@@ -34,3 +34,26 @@ def world_dir(tmp_path: Path) -> Path:
     d.mkdir()
     os.chmod(d, 0o1777)
     return d
+
+
+@pytest.fixture
+def pidfiles(spawned: list[int]) -> Iterator[list[Path]]:
+    """Pidfiles the test uses; at the end, whatever holds each one's lock is killed."""
+    from daemonctx.pidfile import holder_pid
+
+    paths: list[Path] = []
+    yield paths
+    for path in paths:
+        try:
+            pid = holder_pid(path)
+        except Exception:
+            pid = None
+        kill_tree(pid)
+
+
+@pytest.fixture
+def pid_path(tmp_path: Path, pidfiles: list[Path]) -> Path:
+    """``tmp_path/app.pid``, its holder killed at the end."""
+    path = tmp_path / "app.pid"
+    pidfiles.append(path)
+    return path

@@ -376,3 +376,42 @@ def dead_pid() -> int:
     pid = fork_call(lambda: 0)
     wait_child_status(pid)
     return pid
+
+
+# --- the daemonctx command --------------------------------------------------------------------
+
+CLI_TIMEOUT = 60.0
+
+
+def run_cli(*args: str, timeout: float = CLI_TIMEOUT,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m daemonctx ARGS`` with a bounded wait; stdin is /dev/null."""
+    full_env = dict(os.environ if env is None else env)
+    full_env["PYTHONPATH"] = str(REPO)
+    return subprocess.run([PYTHON, "-m", "daemonctx", *args], capture_output=True, text=True,
+                          timeout=timeout, env=full_env, stdin=subprocess.DEVNULL)
+
+
+def holder(path: Path) -> int:
+    """The pid holding the lock of the pidfile ``path`` (fails if none does)."""
+    from daemonctx.pidfile import holder_pid
+
+    pid = holder_pid(path)
+    assert pid is not None, f"no process holds the lock of {path}"
+    return pid
+
+
+def pid_in_message(text: str) -> int:
+    """The first ``(pid N)`` in a message."""
+    import re
+
+    match = re.search(r"\(pid (\d+)\)", text)
+    assert match, f"no pid in {text!r}"
+    return int(match.group(1))
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str]) -> None:
+    """The command failed with one line on stderr, no traceback."""
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("daemonctx"), result.stderr

@@ -80,13 +80,14 @@ def test_exit_status_before_ready_becomes_the_launchers(tmp_path):
     assert "exited with status 3 before it was ready" in result.stderr
 
 
-def test_daemon_killed_during_startup_fails_the_launcher(tmp_path):
+def test_daemon_killed_during_startup_fails_the_launcher_naming_the_signal(tmp_path):
     result = _launch(tmp_path, "sigkill")
-    assert result.returncode != 0
-    assert "exited during start-up without a report" in result.stderr
     pid = _daemon_pid(tmp_path)
     assert pid is not None
-    wait_pid_gone(pid)  # killed: gone once init reaps it
+    # The launcher is the daemon's subreaper while it waits: it reaps it and knows how it died.
+    assert result.returncode == 128 + signal.SIGKILL
+    assert f"daemon (pid {pid}) was killed by signal 9 (SIGKILL) during start-up" in result.stderr
+    assert not pid_exists(pid)
 
 
 def test_startup_slower_than_timeout_fails_and_stops_the_daemon(tmp_path, spawned):

@@ -95,7 +95,7 @@ def test_tornado_max_restarts_exceeded_stops_other_workers_before_raising(
         assert message.startswith("Too many child restarts, giving up")
         zero_pids = [int(x[2]) for x in master.lines("events") if x[:2] == ["start", "0"]]
         assert len(zero_pids) == 4  # the first start and 3 restarts
-        assert f"worker 0 (pid {zero_pids[-1]}) exited with status 9" in message
+        assert f"child 0 (pid {zero_pids[-1]}) exited with status 9" in message  # tornado's words
         stops = [x for x in master.lines("events") if x[0] == "stop"]
         assert [x[1] for x in stops] == ["1"]  # stopped with TERM, gracefully
 

@@ -141,16 +141,35 @@ def descends_from(pid: int, ancestor: int) -> bool:
     """True if ``ancestor`` is ``pid``'s parent, grandparent... (False once ``pid`` is gone).
 
     Unlike the command line, which reads empty once an exiting process released its memory,
-    the parent link lasts until the process is reaped.
+    the parent link lasts until the process is reaped.  An ancestor reaped while the chain is
+    read (a launcher exiting: its children were re-parented first) means reading it again.
     """
-    while pid > 1:
+    for _ in range(100):
+        current = pid
         try:
-            pid = proc_stat(pid).ppid
-        except (FileNotFoundError, ProcessLookupError):
+            while current > 1:
+                current = proc_stat(current).ppid
+                if current == ancestor:
+                    return True
             return False
-        if pid == ancestor:
-            return True
+        except (FileNotFoundError, ProcessLookupError):
+            if current == pid:
+                return False  # pid itself is gone
     return False
+
+
+def ancestry(pid: int) -> list[tuple[int, str]]:
+    """``[(pid, state), (parent, state), ...]`` up to init, for failure messages."""
+    chain: list[tuple[int, str]] = []
+    while pid > 1 and len(chain) < 64:
+        try:
+            stat = proc_stat(pid)
+        except (OSError, ValueError):
+            chain.append((pid, "gone"))
+            break
+        chain.append((pid, stat.state))
+        pid = stat.ppid
+    return chain
 
 
 def wait_tagged_settle(tag: str | os.PathLike[str], allowed: set[int], exclude: Iterable[int],

@@ -20,6 +20,7 @@ from tests.helpers import pid_exists, wait_pid_gone
 from tests.stress.support import (
     Figures,
     Fleet,
+    ancestry,
     assert_events_alternate,
     descends_from,
     proc_locks_holders,
@@ -100,7 +101,8 @@ def test_racing_start_stop_loops_never_have_two_holders(tmp_path: Path, fleet: F
         if holder is not None:
             held += 1
             ours = descends_from(holder, fleet.pid)
-            assert ours or not pid_exists(holder), f"pidfile held by stranger {holder}"
+            assert ours or not pid_exists(holder), (
+                f"pidfile held by stranger {holder}: {ancestry(holder)} (farm {fleet.pid})")
         samples += 1
         reply = fleet.receive(0.002)
     fleet.reap()

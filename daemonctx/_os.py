@@ -1,0 +1,278 @@
+"""One home for each operating-system primitive daemonctx needs beyond :mod:`os`.
+
+* ``prctl`` through :mod:`ctypes` (loaded on first use): the parent-death signal of workers and
+  the child-subreaper bit of a launcher.
+* **Descriptors above the past.**  :class:`~daemonctx.DaemonContext` closes every inherited
+  descriptor behind the back of the Python objects that own them (a socket, a file created
+  before ``open()``): those objects still believe they own their numbers, and when one of them
+  is collected it closes whatever that number holds by then.  :func:`record_closed_fds`
+  remembers the highest number closed that way, and :func:`above_closed_fds` moves a
+  descriptor daemonctx keeps (the pidfile's lock, the start-up pipe, the supervisor's pipes,
+  notification sockets) above it, so no stale object can ever close it.
+* Wait-status text and writing a whole buffer.
+
+Nothing here imports anything heavier than :mod:`os` and :mod:`fcntl` until a function needs it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+
+TYPE_CHECKING = False  # see daemonctx/__init__.py: typing is not imported at run time
+if TYPE_CHECKING:
+    import socket
+    from collections.abc import Callable, Sequence
+    from typing import NoReturn
+
+__all__ = [
+    "above_closed_fds",
+    "closed_fds_ceiling",
+    "describe_wait_status",
+    "load_prctl",
+    "only_root_can_change",
+    "open_as_user",
+    "permits",
+    "prctl",
+    "prctl_loaded",
+    "record_closed_fds",
+    "set_child_subreaper",
+    "set_parent_death_signal",
+    "unlink_if_same",
+    "write_all",
+]
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+# The highest descriptor number DaemonContext closed behind live objects in this process (-1:
+# none).  Inherited by fork, as are the stale objects it describes.
+_closed_ceiling = -1
+_prctl: Callable[[int, int], int] | None = None
+
+
+def record_closed_fds(highest: int) -> None:
+    """Remember that every fd up to ``highest`` may still be owned by a stale Python object."""
+    global _closed_ceiling
+    _closed_ceiling = max(_closed_ceiling, highest)
+
+
+def closed_fds_ceiling() -> int:
+    """The highest fd closed behind live objects in this process, or -1 if none was."""
+    return _closed_ceiling
+
+
+def above_closed_fds(fd: int) -> int:
+    """Return ``fd``, moved above every number closed behind live objects; closes the original.
+
+    The copy is close-on-exec (``F_DUPFD_CLOEXEC``).  Nothing moves when nothing was closed that
+    way, or when ``fd`` is already above; if the system refuses a higher number (the soft
+    ``RLIMIT_NOFILE`` is below it), ``fd`` stays where it is.
+    """
+    floor = _closed_ceiling
+    if floor < 0 or fd > floor:
+        return fd
+    try:
+        moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor + 1)
+    except OSError:
+        return fd
+    os.close(fd)
+    return moved
+
+
+def prctl(option: int, argument: int) -> None:
+    """``prctl(option, argument, 0, 0, 0)``; raises :class:`OSError` if the kernel refuses."""
+    error = load_prctl()(option, argument)
+    if error:
+        raise OSError(error, f"prctl({option}, {argument}): {os.strerror(error)}")
+
+
+def prctl_loaded() -> bool:
+    """True if ``prctl`` is loaded already, so that calling it costs no import."""
+    return _prctl is not None
+
+
+def load_prctl() -> Callable[[int, int], int]:
+    """Load ``prctl`` through :mod:`ctypes` now (before a chroot, a privilege drop or a fork).
+
+    Returns the call, which answers 0 or the errno; raises :class:`OSError` or
+    :class:`AttributeError` where the C library has no ``prctl``.
+    """
+    global _prctl
+    if _prctl is None:
+        import ctypes
+
+        function = ctypes.CDLL(None, use_errno=True).prctl
+        function.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                             ctypes.c_ulong]
+        function.restype = ctypes.c_int
+        get_errno = ctypes.get_errno
+
+        def call(option: int, argument: int) -> int:
+            if function(option, argument, 0, 0, 0) == 0:
+                return 0
+            return get_errno() or 1
+
+        _prctl = call
+    return _prctl
+
+
+def set_child_subreaper(enable: bool) -> bool:
+    """Make this process the reaper of its orphaned descendants (Linux); False if refused.
+
+    A launcher sets it while it waits for a daemon it forked: the double fork orphans the daemon,
+    which is then re-parented to the launcher instead of init, so the launcher can learn its exit
+    status and stop whatever it left behind -- processes that are its children, whose pids
+    cannot be reused while they are unreaped.
+    """
+    try:
+        prctl(PR_SET_CHILD_SUBREAPER, int(enable))
+    except (OSError, AttributeError, ImportError):  # ImportError: in a chroot, say
+        return False
+    return True
+
+
+def set_parent_death_signal(signum: int) -> None:
+    """Ask the kernel to send ``signum`` to this process when its parent thread exits."""
+    prctl(PR_SET_PDEATHSIG, signum)
+
+
+def describe_wait_status(code: int) -> str:
+    """Words for an exit code as :func:`os.waitstatus_to_exitcode` gives it (``-N``: signal N)."""
+    if code >= 0:
+        return f"exited with status {code}"
+    import signal
+
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = "unknown signal"
+    return f"was killed by signal {-code} ({name})"
+
+
+def write_all(fd: int, data: bytes) -> bool:
+    """Write all of ``data`` to ``fd``; False if the fd is gone (EPIPE, EBADF...)."""
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+    except OSError:
+        return False
+    return True
+
+
+def permits(st: os.stat_result, uid: int, gid: int, groups: Sequence[int], want: int) -> bool:
+    """Whether the mode bits give ``want`` (``0o4``/``0o2``/``0o1`` bits) to that user.
+
+    Judged as the kernel does from the bits alone (ACLs are not consulted): the owner class if
+    ``uid`` owns the file, else the group class if ``gid`` or one of ``groups`` is its group,
+    else others.  Root may read and write anything, and execute what has any execute bit.
+    """
+    if uid == 0:
+        return want & 0o1 == 0 or bool(st.st_mode & 0o111) or (st.st_mode & 0o170000) == 0o040000
+    if st.st_uid == uid:
+        bits = st.st_mode >> 6
+    elif st.st_gid == gid or st.st_gid in groups:
+        bits = st.st_mode >> 3
+    else:
+        bits = st.st_mode
+    return bits & want == want
+
+
+def only_root_can_change(path: str) -> bool:
+    """True if no user but root can change what ``path`` names (modulo its last component).
+
+    Every directory from ``/`` down to the one holding ``path`` (symbolic links resolved) is
+    owned by root and writable by nobody else (no group or other write bit).  Only then may a
+    process running as root open ``path`` for a less privileged daemon without opening what a
+    local user planted there (a symbolic link to ``/etc/shadow``, a hard link, a swapped file).
+    """
+    directory = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    while True:
+        try:
+            st = os.stat(directory)
+        except OSError:
+            return False
+        if st.st_uid != 0 or st.st_mode & 0o022:
+            return False
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return True
+        directory = parent
+
+
+def open_as_user(path: str, flags: int, mode: int, uid: int, gid: int,
+                 groups: list[int]) -> tuple[int, bool]:
+    """Open ``path`` with the rights of ``uid``/``gid``/``groups``: ``(fd, created)``.
+
+    A child process drops to that identity, opens the file (``O_CREAT`` in ``flags`` creates it
+    owned by that user; ``created`` says whether it did), and passes the descriptor back over a
+    socket pair: the kernel checks the user's permissions, so whatever that user planted at the
+    path, root's rights are never used to open it.  Raises the child's :class:`OSError`.
+    """
+    import socket
+
+    parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with parent_end:
+        with child_end:
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - measured in the child
+                _open_in_child(child_end, path, flags, mode, uid, gid, groups)
+        message, fds, _, _ = socket.recv_fds(parent_end, 64, 1)
+        os.waitpid(pid, 0)
+    if fds:
+        os.set_inheritable(fds[0], False)
+        return fds[0], message == b"C"
+    number = int(message[1:]) if message[1:].isdigit() else 1
+    raise OSError(number, os.strerror(number), path)
+
+
+def _open_in_child(channel: socket.socket, path: str, flags: int, mode: int, uid: int,
+                   gid: int, groups: list[int]) -> NoReturn:
+    import socket
+
+    code = 1
+    try:
+        os.setgroups(groups)
+        os.setgid(gid)
+        os.setuid(uid)
+        created = False
+        try:
+            if flags & os.O_CREAT:
+                fd = os.open(path, flags | os.O_EXCL, mode)
+                created = True
+            else:
+                fd = os.open(path, flags)
+        except FileExistsError:
+            fd = os.open(path, flags & ~os.O_CREAT)
+        socket.send_fds(channel, [b"C" if created else b"E"], [fd])
+        code = 0
+    except OSError as exc:
+        try:
+            channel.sendall(f"!{exc.errno}".encode())
+        except OSError:
+            pass
+    finally:
+        os._exit(code)
+
+
+def unlink_if_same(path: str, st: os.stat_result) -> bool:
+    """Remove the name ``path`` only if it still links the very file ``st`` describes.
+
+    Looked up and removed through a descriptor of its directory, so a directory swapped for a
+    symbolic link meanwhile makes this remove nothing but a name of that same file.
+    """
+    try:
+        dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        name = os.path.basename(path)
+        now = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            return False
+        os.unlink(name, dir_fd=dir_fd)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,272 @@
+"""Every reader of ``/proc/<pid>/`` in one place (Linux): process state, family, fds, locks.
+
+What daemonctx knows about *other* processes comes from here: who a process's children and
+parent are, whether it holds a pidfile's ``flock`` (``fd`` + ``fdinfo``), its command line,
+uptime and memory.  Each reader answers ``None``/empty instead of raising when the process
+exits meanwhile or the information is not readable (another user's process).
+
+Pids read here are numbers, and a number can be reused as soon as its process is reaped.  The
+functions that return processes to act on (:func:`descendant_pidfds`, :func:`pidfds_if`) open a
+pidfd first and check the property *after* opening it: the pidfd then names a process that had
+the property, or one that has exited (signalling it does nothing).
+"""
+
+from __future__ import annotations
+
+import os
+
+TYPE_CHECKING = False  # see daemonctx/__init__.py: typing is not imported at run time
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+__all__ = [
+    "children",
+    "command_line",
+    "descendant_pidfds",
+    "file_identity",
+    "holds_flock",
+    "is_alive",
+    "parent_pid",
+    "pidfds_if",
+    "processes_holding_flock",
+    "processes_locking_removed",
+    "rss",
+    "session_id",
+    "session_members",
+    "uptime",
+]
+
+#: Bound on how many processes a tree walk visits (a fork bomb must not hang a stop).
+MAX_TREE_SIZE = 10_000
+
+
+def _read(path: str) -> bytes | None:
+    # Binary: a text file needs a codec lookup, which can import a module -- impossible after
+    # a chroot or a drop to a user who cannot read the Python installation.
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError:
+        return None
+
+
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (field 3, state, first)."""
+    text = _read(f"/proc/{pid}/stat")
+    try:
+        return text[text.rindex(b")") + 2:].split() if text is not None else None
+    except ValueError:
+        return None
+
+
+def is_alive(pid: int) -> bool:
+    """True if ``pid`` names a process that has not exited (a zombie has exited)."""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] not in (b"Z", b"X")
+
+
+def session_id(pid: int) -> int | None:
+    """The session ``pid`` belongs to, or None if it is gone."""
+    fields = _stat_fields(pid)
+    try:
+        return int(fields[3]) if fields is not None else None
+    except (IndexError, ValueError):
+        return None
+
+
+def session_members(sid: int) -> list[int]:
+    """Every live process of session ``sid`` (scans /proc).
+
+    A session's id is the pid of the process that created it, and Linux never gives that number
+    to a new process while the session has members: the members of ``sid`` are exactly the
+    processes that descend from its creator without having left (``setsid``).
+    """
+    found: list[int] = []
+    for pid in _all_pids():
+        fields = _stat_fields(pid)
+        if fields is not None and fields[0] not in (b"Z", b"X") and fields[3] == b"%d" % sid:
+            found.append(pid)
+    return found
+
+
+def parent_pid(pid: int) -> int | None:
+    """The parent's pid, or None if ``pid`` is gone."""
+    fields = _stat_fields(pid)
+    try:
+        return int(fields[1]) if fields is not None else None
+    except (IndexError, ValueError):
+        return None
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of ``pid`` (every thread's ``children`` list)."""
+    result: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return result
+    for tid in tasks:
+        listing = _read(f"/proc/{pid}/task/{tid}/children")
+        if listing is not None:
+            result.extend(int(x) for x in listing.split())
+    return result
+
+
+def descendant_pidfds(roots: Iterable[int], *, trusted_roots: bool = False,
+                      skip: Callable[[int], bool] | None = None) -> list[tuple[int, int]]:
+    """Pidfds on the descendants of ``roots``, as ``[(pid, pidfd), ...]``, parents first.
+
+    Each pidfd is opened first and its parent checked after: if the pid was reused in between,
+    the pidfd names the exited process and signalling it does nothing.  With
+    ``trusted_roots``, the roots themselves are included (the caller knows their pids cannot
+    have been reused: they are its own unreaped children).  ``skip(pid)`` prunes a subtree.
+    The caller closes the pidfds.
+    """
+    found: list[tuple[int, int]] = []
+    queue: list[tuple[int, int | None]] = [(root, None) for root in roots]
+    seen: set[int] = set()
+    while queue and len(found) < MAX_TREE_SIZE:
+        pid, expected_parent = queue.pop(0)
+        if pid in seen or (skip is not None and skip(pid)):
+            continue
+        seen.add(pid)
+        if expected_parent is not None or trusted_roots:
+            try:
+                fd = os.pidfd_open(pid)
+            except OSError:
+                continue
+            if expected_parent is not None and parent_pid(pid) != expected_parent:
+                os.close(fd)
+                continue
+            found.append((pid, fd))
+        queue.extend((child, pid) for child in children(pid))
+    return found
+
+
+def pidfds_if(pids: Iterable[int], check: Callable[[int], bool]) -> list[tuple[int, int]]:
+    """Pidfds on those of ``pids`` for which ``check(pid)`` holds *after* the pidfd was opened."""
+    found: list[tuple[int, int]] = []
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            continue
+        if check(pid):
+            found.append((pid, fd))
+        else:
+            os.close(fd)
+    return found
+
+
+def file_identity(path: str) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of the file at ``path`` (following links), or None."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _fd_has_flock(pid: int, name: str) -> bool:
+    info = _read(f"/proc/{pid}/fdinfo/{name}")
+    return info is not None and any(
+        line.startswith(b"lock:") and b"FLOCK" in line for line in info.splitlines())
+
+
+def holds_flock(pid: int, identity: tuple[int, int] | None) -> bool | None:
+    """Whether ``pid`` has the file ``identity`` open with an ``flock`` on it; None: cannot tell.
+
+    Read from ``/proc/<pid>/fd`` (which file each fd is) and ``/proc/<pid>/fdinfo`` (which locks
+    it carries: every fd sharing the open file description shows the ``flock``).
+    """
+    if identity is None:
+        return None
+    base = f"/proc/{pid}"
+    try:
+        names = os.listdir(f"{base}/fd")
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None  # not permitted (another user's process): cannot tell
+    for name in names:
+        try:
+            st = os.stat(f"{base}/fd/{name}")
+            if (st.st_dev, st.st_ino) == identity and _fd_has_flock(pid, name):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _all_pids() -> list[int]:
+    me = os.getpid()
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit() and int(entry) != me]
+
+
+def processes_holding_flock(path: str) -> list[int]:
+    """Every process with an fd carrying an ``flock`` on the file at ``path`` (scans /proc)."""
+    identity = file_identity(path)
+    if identity is None:
+        return []
+    return [pid for pid in _all_pids() if holds_flock(pid, identity)]
+
+
+def processes_locking_removed(path: str,
+                              pids: Iterable[int] | None = None) -> list[tuple[int, str]]:
+    """Processes holding an ``flock`` on a file that was at ``path`` and has been removed.
+
+    The kernel shows such a descriptor as ``"<path> (deleted)"``.  Returns ``[(pid, fd
+    name), ...]``; the fd is readable as ``/proc/<pid>/fd/<name>`` by root or the owner.
+    ``pids`` limits the scan (default: every process).
+    """
+    wanted = f"{path} (deleted)"
+    found: list[tuple[int, str]] = []
+    for pid in _all_pids() if pids is None else pids:
+        base = f"/proc/{pid}/fd"
+        try:
+            names = os.listdir(base)
+        except OSError:
+            continue
+        for name in names:
+            try:
+                if os.readlink(f"{base}/{name}") == wanted and _fd_has_flock(pid, name):
+                    found.append((pid, name))
+                    break
+            except OSError:
+                continue
+    return found
+
+
+def command_line(pid: int) -> tuple[str, ...]:
+    """The arguments of ``pid`` (``[comm]`` for a kernel thread), or ``()`` if unreadable."""
+    raw = _read(f"/proc/{pid}/cmdline")
+    if raw is None:
+        return ()
+    if raw:
+        return tuple(arg.decode("utf-8", "replace") for arg in raw.rstrip(b"\0").split(b"\0"))
+    comm = _read(f"/proc/{pid}/comm")
+    return () if comm is None else (f"[{comm.decode('utf-8', 'replace').strip()}]",)
+
+
+def uptime(pid: int) -> float | None:
+    """Seconds since ``pid`` started, or None."""
+    fields = _stat_fields(pid)
+    system = _read("/proc/uptime")
+    if fields is None or system is None:
+        return None
+    try:
+        system_uptime = float(system.split()[0])
+        start_ticks = int(fields[19])
+    except (ValueError, IndexError):
+        return None
+    return max(0.0, system_uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+
+
+def rss(pid: int) -> int | None:
+    """Resident memory of ``pid`` in bytes, or None."""
+    statm = _read(f"/proc/{pid}/statm")
+    try:
+        pages = int(statm.split()[1]) if statm is not None else None
+    except (ValueError, IndexError):
+        return None
+    return None if pages is None else pages * os.sysconf("SC_PAGE_SIZE")

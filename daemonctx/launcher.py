@@ -1,0 +1,526 @@
+"""The launching process: what it does between the first fork and its exit.
+
+When :class:`~daemonctx.DaemonContext` detaches, the caller's process becomes the *launcher*:
+it does not return into the caller's code, it waits (bounded) for the daemon's start-up report
+and exits with a truthful status.  :class:`Launch` is that wait and what follows it:
+
+* **Knowing the daemon for sure.**  The intermediate child announces the daemon's pid on a
+  pipe of its own and then waits for the launcher's word before it exits.  While it waits the
+  daemon is *its* child, so the pid cannot have been reused: the launcher opens a pidfd on it
+  then, and only ever signals the daemon through that pidfd.  The launcher is also a child
+  subreaper (Linux), so the daemon and the processes it orphans are re-parented to the
+  launcher: they are its own unreaped children, whose pids cannot be reused either.  (It
+  becomes one before the first fork when ``prctl`` is loaded already -- always for the
+  ``daemonctx`` command --, otherwise right after it, off the daemon's path: a process orphaned
+  in the first milliseconds then goes to init, and is still found through the daemon's
+  session, below.)
+* **Reading the report** (:mod:`daemonctx.handshake` is the wire format) while watching the
+  pidfd: a daemon that dies without a word is seen at once, even when a process it forked keeps
+  the report pipe open.
+* **Leaving nothing behind when a start fails** (:meth:`Launch.stop_all`): a daemon that timed
+  out, and whatever a failed daemon left running (a helper process, a child in a session of
+  its own), is stopped (SIGTERM, then SIGKILL after a grace) and reaped -- only processes that
+  are provably this start's: the launcher's own children and their descendants.
+* **Readiness over sd_notify** for the ``daemonctx`` command (:class:`NotifyListener`): the
+  ``NOTIFY_SOCKET`` a program reports ``READY=1`` on, with barriers honoured, and handed over to
+  a small keeper process for the program's lifetime once it is ready (see
+  :mod:`daemonctx._notify_keeper`).
+
+Linux first: pidfds and ``PR_SET_CHILD_SUBREAPER``.  Where they are missing, the launcher still
+waits and reports, but never signals a process it cannot prove is the daemon.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+
+from daemonctx import _os, _proc, handshake
+from daemonctx._signal_module import signal
+
+TYPE_CHECKING = False  # see daemonctx/__init__.py: typing is not imported at run time
+if TYPE_CHECKING:
+    import socket
+
+__all__ = ["STOP_GRACE", "Launch", "NotifyListener", "parse_notification"]
+
+#: Seconds a process gets to exit after SIGTERM before SIGKILL, when a failed start is cleaned
+#: up; and how long a daemon that reported a failure gets to exit on its own.
+STOP_GRACE = 5.0
+# Bound on how many kill rounds a clean-up makes (each round catches processes forked, or
+# re-parented to the launcher, since the previous one).
+_MAX_ROUNDS = 20
+
+
+class Launch:
+    """One start, as the launching process sees it.
+
+    Created before the first fork: it makes the pipes.  Then, in the daemon,
+    :meth:`daemon_side` hands the report pipe to :mod:`daemonctx.handshake`; in the intermediate
+    child, :meth:`announce` sends the daemon's pid and waits for the launcher's word; in the
+    launcher, :meth:`begin` learns the daemon for sure, :meth:`wait` reads the report and
+    :meth:`conclude` cleans up after a failed start.
+    """
+
+    def __init__(self) -> None:
+        self.report_r, self.report_w = os.pipe()  # close-on-exec, as every fd Python makes
+        self.pid_r, self.pid_w = os.pipe()
+        self.go_r, self.go_w = os.pipe()
+        # Children the caller's process had before: never this start's, never touched.
+        self.children_before = frozenset(_proc.children(os.getpid()))
+        self.session: int | None = None  # the daemon's session: the intermediate child's pid
+        self.subreaper = _os.prctl_loaded() and _os.set_child_subreaper(True)
+        self.daemon_pid: int | None = None
+        self.daemon_pidfd: int | None = None
+        self.daemon_status: int | None = None  # os.waitstatus_to_exitcode, once reaped
+        self.subreaper = False
+        self.reader = handshake.ReportReader(self.report_r)
+
+    @property
+    def daemon_fds(self) -> tuple[int, ...]:
+        """The pipe ends the daemon and the intermediate child inherit (closed in the daemon)."""
+        return (self.pid_r, self.pid_w, self.go_r, self.go_w, self.report_r)
+
+    # --- the other processes' sides ----------------------------------------------------------
+
+    def announce(self, daemon_pid: int) -> None:
+        """In the intermediate child: send the daemon's pid, wait for the launcher's word."""
+        _os.write_all(self.pid_w, f"{daemon_pid}\n".encode())
+        os.close(self.pid_w)
+        os.close(self.go_w)
+        try:
+            os.read(self.go_r, 1)  # a byte, or end of file if the launcher is gone
+        except OSError:
+            pass
+
+    def daemon_side(self) -> None:
+        """In the daemon, right after the fork: keep only the report pipe's write end."""
+        for fd in (self.report_r, self.pid_r, self.pid_w, self.go_r, self.go_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        handshake._start_reporting(self.report_w)
+
+    # --- the launcher's side -----------------------------------------------------------------
+
+    def begin(self, intermediate_pid: int) -> None:
+        """In the launcher, right after the first fork: learn the daemon's pid for sure.
+
+        Reads the pid the intermediate child announces, opens a pidfd on it while the
+        intermediate child (our unreaped child, waiting for our word) is still its parent,
+        becomes a child subreaper, then lets the intermediate child exit and reaps it.
+        """
+        for fd in (self.report_w, self.pid_w, self.go_r):
+            os.close(fd)
+        self.session = intermediate_pid  # it called setsid
+        try:
+            pid_text = _read_all(self.pid_r)
+        finally:
+            os.close(self.pid_r)
+        if pid_text.strip().isdigit():
+            self.daemon_pid = int(pid_text)
+            try:
+                self.daemon_pidfd = os.pidfd_open(self.daemon_pid)
+            except OSError:
+                self.daemon_pidfd = None  # no pidfds here: the daemon is never signalled
+        self.reader.pid = self.daemon_pid
+        self.subreaper = self.subreaper or _os.set_child_subreaper(True)
+        _os.write_all(self.go_w, b"g")
+        os.close(self.go_w)
+        _reap(intermediate_pid)
+
+    def wait(self, timeout: float | None) -> handshake.StartupReport:
+        """Read the daemon's report until it is final, the daemon dies, or ``timeout`` s pass.
+
+        ``ready`` and ``failed`` are final; ``exec`` (the daemon ran ``exec``) is confirmed by
+        the end of file on the close-on-exec pipe.  A daemon that exits before it reported is
+        ``died``, whoever else still holds the pipe.
+        """
+        reader = self.reader
+        deadline = None if timeout is None else time.monotonic() + timeout
+        watched = [self.report_r] + ([self.daemon_pidfd] if self.daemon_pidfd is not None else [])
+        while not reader.eof and reader.state not in ("ready", "failed"):
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            readable = select.select(watched, [], [], remaining)[0]
+            if not readable:
+                return _timeout_report(reader.drain(), timeout)
+            if self.report_r in readable:
+                reader.feed(os.read(self.report_r, 4096))
+            elif self.daemon_pidfd in readable:
+                reader.drain()
+                if reader.state in ("ready", "failed"):
+                    break
+                self.collect_daemon_status()
+                return self._death_report()
+        if reader.eof and reader.state is None:
+            if self.daemon_pidfd is None or self.wait_daemon_exit(STOP_GRACE):
+                return self._death_report()
+            return handshake.StartupReport(
+                "died", self.daemon_pid, f"daemon (pid {self.daemon_pid}) closed its start-up "
+                f"pipe without a report (did it close every file descriptor?)", 1)
+        return reader.report()
+
+    def conclude(self, report: handshake.StartupReport) -> handshake.StartupReport:
+        """After a failed start, leave nothing of it running; the report, completed.
+
+        A daemon that reported a failure gets :data:`STOP_GRACE` seconds to exit on its own; a
+        daemon that timed out is stopped; then every process the start left (re-parented to the
+        launcher, or descended from the daemon) is stopped and reaped.  A ready report is
+        returned unchanged: the launcher exits and leaves the daemon running.
+        """
+        if report.ok:
+            return report
+        if report.state == "failed":
+            self.wait_daemon_exit(STOP_GRACE)
+        stopped = self.stop_all()
+        if report.state == "died" and self.daemon_status is not None:
+            report = self._death_report()  # its exit status is known by now
+        message = report.message
+        if report.state == "timeout" and report.pid is not None and report.pid in stopped:
+            message += "; stopped it"
+        left = [pid for pid in stopped if pid != report.pid]
+        if left:
+            listed = ", ".join(map(str, left))
+            message += (f"; stopped {len(left)} process{'es' if len(left) > 1 else ''} it "
+                        f"left running (pid {listed})")
+        return report.replace(message=message)
+
+    def collect_daemon_status(self) -> None:
+        """Reap the daemon if it has exited and is our child; remember its exit status."""
+        pid = self.daemon_pid
+        if pid is None or self.daemon_status is not None:
+            return
+        try:
+            reaped, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if reaped == pid:
+            self.daemon_status = os.waitstatus_to_exitcode(status)
+
+    def wait_daemon_exit(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the daemon to exit (reaping it); True if it has."""
+        if self.daemon_pidfd is None:
+            return False
+        if not select.select([self.daemon_pidfd], [], [], timeout)[0]:
+            return False
+        self.collect_daemon_status()
+        return True
+
+    def stop_all(self, grace: float = STOP_GRACE) -> list[int]:
+        """Stop the daemon and everything this start left running; the pids that got a signal.
+
+        SIGTERM first, SIGKILL to whatever is still running ``grace`` seconds later, then again
+        for processes forked or re-parented meanwhile, until none is left (bounded).  Only
+        provable processes are signalled, through pidfds: the launcher's own children (the
+        daemon and the orphans re-parented to it as subreaper), and their descendants.  Every
+        child of the launcher that exits is reaped.
+        """
+        signalled: list[int] = []
+        signum = signal.SIGTERM
+        for _ in range(_MAX_ROUNDS):
+            targets = self._processes_of_this_start()
+            try:
+                alive = [(pid, fd) for pid, fd in targets if not _exited(fd)]
+                if not alive:
+                    break
+                for pid, fd in alive:
+                    if _send(fd, signum) and pid not in signalled:
+                        signalled.append(pid)
+                _wait_all([fd for _, fd in alive], grace)
+            finally:
+                for _, fd in targets:
+                    os.close(fd)
+            self._reap_children()
+            signum = signal.SIGKILL
+        self._reap_children()
+        return signalled
+
+    def close(self) -> None:
+        """Release the launcher's fds (the process exits right after anyway)."""
+        for fd in (self.report_r, self.daemon_pidfd):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.daemon_pidfd = None
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _processes_of_this_start(self) -> list[tuple[int, int]]:
+        """Pidfds on every live process provably of this start (the caller closes them).
+
+        The launcher's own children but those it had before (the daemon, orphans re-parented to
+        it as subreaper), the daemon through the pidfd taken while it was provably the daemon,
+        the members of the daemon's session (checked after opening), and their descendants.
+        """
+        mine = [pid for pid in _proc.children(os.getpid()) if pid not in self.children_before]
+        found = _proc.descendant_pidfds(mine, trusted_roots=True,
+                                        skip=self.children_before.__contains__)
+        seen = {pid for pid, _ in found}
+        if self.daemon_pidfd is not None and self.daemon_pid not in seen:
+            daemon = self.daemon_pid
+            assert daemon is not None
+            found.append((daemon, os.dup(self.daemon_pidfd)))
+            seen.add(daemon)
+        if self.session is not None:
+            session = self.session
+            members = [pid for pid in _proc.session_members(session) if pid not in seen]
+            found += _proc.pidfds_if(members, lambda pid: _proc.session_id(pid) == session)
+            seen.update(pid for pid, _ in found)
+        for pid, fd in _proc.descendant_pidfds([pid for pid, _ in found]):
+            if pid in seen:
+                os.close(fd)
+            else:
+                found.append((pid, fd))
+                seen.add(pid)
+        return found
+
+    def _reap_children(self) -> None:
+        for pid in _proc.children(os.getpid()):
+            if pid in self.children_before:
+                continue
+            try:
+                reaped, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                continue
+            if reaped == pid and pid == self.daemon_pid and self.daemon_status is None:
+                self.daemon_status = os.waitstatus_to_exitcode(status)
+
+    def _death_report(self) -> handshake.StartupReport:
+        pid = self.daemon_pid
+        who = f"daemon (pid {pid})" if pid is not None else "daemon"
+        code = self.daemon_status
+        if code is None:
+            return handshake.StartupReport(
+                "died", pid, f"{who} exited during start-up without a report", 1)
+        status = 128 - code if code < 0 else code
+        return handshake.StartupReport(
+            "died", pid, f"{who} {_os.describe_wait_status(code)} during start-up", status or 1)
+
+
+def _timeout_report(report: handshake.StartupReport,
+                    timeout: float | None) -> handshake.StartupReport:
+    """The report after the wait ran out: a final report that arrived meanwhile wins."""
+    if report.state in ("ready", "failed"):
+        return report
+    who = f"daemon (pid {report.pid})" if report.pid is not None else "daemon"
+    limit = f" within {timeout:g} s" if timeout is not None else ""
+    return handshake.StartupReport("timeout", report.pid,
+                                   f"{who} did not report readiness in time{limit}", 1)
+
+
+def _read_all(fd: int) -> str:
+    chunks: list[bytes] = []
+    while True:
+        try:
+            chunk = os.read(fd, 64)
+        except InterruptedError:  # pragma: no cover - PEP 475 retries
+            continue
+        if not chunk:
+            return b"".join(chunks).decode("ascii", "replace")
+        chunks.append(chunk)
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def _exited(pidfd: int) -> bool:
+    return bool(select.select([pidfd], [], [], 0)[0])
+
+
+def _send(pidfd: int, signum: int) -> bool:
+    try:
+        signal.pidfd_send_signal(pidfd, signum)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _wait_all(pidfds: list[int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    waiting = list(pidfds)
+    while waiting:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        ready = select.select(waiting, [], [], remaining)[0]
+        waiting = [fd for fd in waiting if fd not in ready]
+
+
+# --- sd_notify: the command's readiness ---------------------------------------------------------
+
+#: The largest EXTEND_TIMEOUT_USEC honoured, in seconds (systemd's "infinity" is 2**64-1 µs).
+MAX_EXTENSION = 365 * 24 * 3600
+
+
+class Notification:
+    """What one sd_notify datagram said, parsed defensively (any byte string is accepted)."""
+
+    __slots__ = ("errno_text", "extend", "ready", "sender_pid", "sender_uid", "status")
+
+    def __init__(self) -> None:
+        self.ready = False
+        self.status: str | None = None
+        self.errno_text: str | None = None
+        self.extend: float | None = None  # seconds
+        self.sender_pid: int | None = None
+        self.sender_uid: int | None = None
+
+
+def parse_notification(data: bytes) -> Notification:
+    """Parse ``KEY=VALUE`` lines as sd_notify(3) sends them; never raises.
+
+    Numbers outside what the launcher can use are clamped (``EXTEND_TIMEOUT_USEC`` to a year)
+    or kept as text (``ERRNO``), never turned into an exception.
+    """
+    note = Notification()
+    for line in data.decode("utf-8", "replace").splitlines():
+        key, sep, value = line.partition("=")
+        if not sep:
+            continue
+        key = key.strip()
+        if key == "READY":
+            note.ready = note.ready or value.strip() == "1"
+        elif key == "STATUS":
+            note.status = value
+        elif key == "ERRNO" and value.strip():
+            note.errno_text = value.strip()
+        elif key == "EXTEND_TIMEOUT_USEC":
+            usec = value.strip()
+            if usec.isascii() and usec.isdigit():
+                note.extend = min(int(usec) / 1e6, MAX_EXTENSION)
+    return note
+
+
+def describe_errno(text: str) -> str:
+    """``"2 (ENOENT: No such file or directory)"`` for ERRNO=2; any text survives."""
+    import errno as errno_codes
+
+    if not (text.isascii() and text.isdigit()):
+        return f"{text} (not an errno number)"
+    number = int(text)
+    name = errno_codes.errorcode.get(number, "")
+    try:
+        reason = os.strerror(number) if 0 < number < 2**31 else ""
+    except (ValueError, OverflowError):
+        reason = ""
+    if not reason or reason.startswith("Unknown error"):
+        reason = "unknown error"
+    return f"{number} ({name + ': ' if name else ''}{reason})"
+
+
+class NotifyListener:
+    """The ``NOTIFY_SOCKET`` a program started by the command reports readiness on.
+
+    A datagram socket in the abstract namespace: reachable from inside a chroot, no file to
+    clean up.  Anyone in the network namespace can send to it, so the sender's credentials
+    (``SO_PASSCRED``) are checked: only root and the program's user are listened to.  Every file
+    descriptor a message carries is closed once the messages before it are handled -- that
+    honours ``BARRIER=1`` (sd_notify_barrier(3), which ``systemd-notify`` uses after each
+    message) and drops ``FDSTORE=1`` descriptors, which nobody stores here.
+
+    Once the program is ready, :meth:`hand_over` passes the socket to a keeper process that
+    answers it until the program exits, as a service manager would: later messages (``STATUS=``,
+    ``WATCHDOG=1``, barriers) succeed, and the name, which other local users can read in
+    ``/proc/net/unix``, is never free for one of them to bind while the program may send to it.
+    """
+
+    def __init__(self, allowed_uids: set[int]) -> None:
+        import secrets
+        import socket
+
+        self._socket_module = socket
+        self.allowed_uids = allowed_uids
+        self.sock: socket.socket = socket.socket(socket.AF_UNIX,
+                                                 socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            name = f"daemonctx-notify/{os.getpid()}/{secrets.token_hex(8)}"
+            self.sock.bind("\0" + name)
+            self.sock.setblocking(False)
+        except BaseException:
+            self.sock.close()
+            raise
+        self.address = "@" + name
+        self.ready = False
+        self.last_status = ""
+        self.errno_text: str | None = None
+        self.extension: float | None = None  # the latest EXTEND_TIMEOUT_USEC, in seconds
+
+    def fileno(self) -> int:
+        """The socket's fd, for ``select``."""
+        return self.sock.fileno()
+
+    def receive(self) -> int:
+        """Handle every pending message; return how many came from accepted senders."""
+        import struct
+
+        socket = self._socket_module
+        credentials_size = struct.calcsize("iII")
+        handled = 0
+        while True:
+            try:
+                data, ancillary, _, _ = self.sock.recvmsg(
+                    4096, socket.CMSG_SPACE(credentials_size) + socket.CMSG_SPACE(253 * 4),
+                    socket.MSG_CMSG_CLOEXEC)
+            except (BlockingIOError, InterruptedError):
+                return handled
+            passed: list[int] = []
+            note = Notification()
+            for level, kind, payload in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                    pid, uid, _ = struct.unpack("iII", payload[:credentials_size])
+                    note.sender_pid, note.sender_uid = pid, uid
+                elif level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    count = len(payload) // 4
+                    passed.extend(struct.unpack(f"{count}i", payload[:count * 4]))
+            try:
+                if note.sender_uid in self.allowed_uids:
+                    self._handle(parse_notification(data))
+                    handled += 1
+            finally:
+                for fd in passed:  # after handling: this is what completes a BARRIER=1
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+
+    def _handle(self, note: Notification) -> None:
+        if note.status:
+            self.last_status = note.status
+        if note.errno_text is not None:
+            self.errno_text = note.errno_text
+        if note.extend is not None:
+            self.extension = note.extend
+        if note.ready:
+            self.ready = True
+
+    def forget(self) -> None:
+        """In the daemon: the detach closed the fd; never close the number again (reused)."""
+        self.sock.detach()
+
+    def hand_over(self, program_pidfd: int, uid: int | None, gid: int | None) -> int | None:
+        """Start the keeper that answers the socket until the program exits; its pid or None.
+
+        The keeper (:mod:`daemonctx._notify_keeper`) gets the socket and a pidfd on the program,
+        runs in a session of its own with stdio on ``/dev/null``, drops to ``uid``/``gid`` when
+        started by root, and exits when the program does.
+        """
+        from daemonctx import _notify_keeper
+
+        try:
+            return _notify_keeper.spawn(self.sock.fileno(), program_pidfd, uid, gid)
+        except OSError:
+            return None
+
+    def close(self) -> None:
+        """Close the socket in this process (the keeper, if any, keeps its own copy)."""
+        self.sock.close()
+

@@ -1,0 +1,1 @@
+"""Real third-party programs that use python-daemon, run against daemonctx through a shim."""

@@ -1,0 +1,237 @@
+"""``daemonctx start --notify``: readiness over sd_notify, as systemd's own tools speak it.
+
+Issue 13 #4: ``systemd-notify --ready`` sends ``READY=1`` and then ``BARRIER=1`` with a file
+descriptor, and waits until the receiver closes it; a ``sh -e`` start script dies if nobody
+answers.  Issue 14 #1: once the launcher exits, nobody listened on the socket whose name stays
+in the program's environment, so another local user could bind it and read what the program
+sends next.  Issue 14 #4: values out of any integer range crashed the wait.
+
+Since then a keeper process answers the socket for the program's whole life (see
+``daemonctx/_notify_keeper.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from daemonctx.pidfile import holder_pid
+from tests.helpers import (
+    PYTHON,
+    REPO,
+    assert_one_line_error,
+    holder,
+    kill_and_wait,
+    pid_exists,
+    pid_in_message,
+    proc_stat,
+    proc_status,
+    run_cli,
+    wait_for,
+    wait_pid_gone,
+    write_script,
+)
+
+SYSTEMD_NOTIFY = shutil.which("systemd-notify")
+# An interpreter another user can execute (this one may live under /root, mode 0700).
+SYSTEM_PYTHON = next((p for p in ("/usr/bin/python3", "/usr/local/bin/python3")
+                      if os.access(p, os.X_OK)), None)
+needs_systemd_notify = pytest.mark.skipif(
+    SYSTEMD_NOTIFY is None, reason="systemd-notify is not installed (Debian package systemd)")
+
+# What systemd-notify --ready does, for machines without it: READY=1, then a barrier
+# (sd_notify_barrier(3): BARRIER=1 with the write end of a pipe, wait for it to be closed).
+STAND_IN = """
+import os, select, socket, sys
+address = os.environ["NOTIFY_SOCKET"]
+address = "\\0" + address[1:] if address.startswith("@") else address
+
+def send(text, fds=()):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect(address)
+        socket.send_fds(sock, [text.encode()], list(fds))
+
+send("READY=1")
+read_end, write_end = os.pipe()
+send("BARRIER=1", [write_end])
+os.close(write_end)
+if not select.select([read_end], [], [], 5)[0]:
+    sys.exit("barrier timed out")
+send("STATUS=serving")
+open(sys.argv[1], "w").write("answered")
+os.execv("/bin/sleep", ["sleep", "600"])
+"""
+
+
+def keeper_of(program: int) -> int | None:
+    """The pid of the notify keeper of ``program``: the process holding a pidfd on it."""
+    wanted = f"Pid:\t{program}"
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in (program, os.getpid()):
+            continue
+        try:
+            names = os.listdir(f"/proc/{entry}/fdinfo")
+        except OSError:
+            continue
+        for name in names:
+            try:
+                if wanted in Path(f"/proc/{entry}/fdinfo/{name}").read_text().splitlines():
+                    return int(entry)
+            except OSError:
+                continue
+    return None
+
+
+def _stop(pid_path: Path) -> None:
+    program = holder(pid_path)
+    keeper = keeper_of(program)
+    assert run_cli("stop", "--pidfile", str(pid_path)).returncode == 0
+    if keeper is not None:
+        wait_pid_gone(keeper)  # it exits with the program
+
+
+@needs_systemd_notify
+def test_systemd_notify_ready_and_later_messages_succeed_in_a_sh_e_script(
+        tmp_path: Path, pid_path: Path) -> None:
+    marker = tmp_path / "after"
+    script = (f"systemd-notify --ready --status=starting; systemd-notify --status=serving; "
+              f"echo ok > {marker}; exec sleep 600")
+    starts = 0
+    for _ in range(10):
+        marker.unlink(missing_ok=True)
+        result = run_cli("start", "--notify", "--timeout", "20", "--pidfile", str(pid_path),
+                         "--", "/bin/sh", "-ec", script)
+        assert result.returncode == 0, result.stderr
+        # `sh -e` went on past both systemd-notify calls: both barriers were answered
+        wait_for(marker.exists, what="the script to get past systemd-notify")
+        starts += 1
+        _stop(pid_path)
+    assert starts == 10
+
+
+def test_a_barrier_right_after_ready_is_answered(tmp_path: Path, pid_path: Path) -> None:
+    script = write_script(tmp_path, STAND_IN, "stand_in.py")
+    marker = tmp_path / "answered"
+    result = run_cli("start", "--notify", "--pidfile", str(pid_path), "--",
+                     PYTHON, str(script), str(marker))
+    assert result.returncode == 0, result.stderr
+    wait_for(marker.exists, what="the barrier to be answered")
+    _stop(pid_path)
+
+
+SLEEPER_READY = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[1])
+from daemonctx import systemd
+systemd.notify(ready=True)
+while True:
+    signal.pause()
+"""
+
+
+def test_keeper_runs_as_the_program_user_in_its_own_session_and_exits_with_it(
+        tmp_path: Path, world_dir: Path, pidfiles: list[Path]) -> None:
+    import pwd
+
+    if SYSTEM_PYTHON is None:
+        pytest.skip("no Python interpreter that nobody may execute")
+    script = write_script(world_dir, SLEEPER_READY, "ready.py")
+    path = world_dir / "app.pid"
+    pidfiles.append(path)
+    result = run_cli("start", "--notify", "--user", "nobody", "--pidfile", str(path), "--",
+                     SYSTEM_PYTHON, str(script), str(REPO))
+    assert result.returncode == 0, result.stderr
+    program = holder(path)
+    keeper = wait_for(lambda: keeper_of(program), what="the keeper")
+    assert isinstance(keeper, int)
+    nobody = pwd.getpwnam("nobody").pw_uid
+    assert proc_status(keeper)["Uid"].split() == [str(nobody)] * 4
+    assert proc_stat(keeper).session == keeper  # a session of its own: no terminal hang-up
+    assert {os.readlink(f"/proc/{keeper}/fd/{fd}") for fd in (0, 1, 2)} == {"/dev/null"}
+    kill_and_wait(program)
+    wait_pid_gone(keeper)
+
+
+TAKEOVER = """
+import socket, sys
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+try:
+    sock.bind("\\0" + sys.argv[1][1:])
+except OSError as exc:
+    print(exc.errno)
+else:
+    print("bound")
+"""
+
+
+def test_another_user_cannot_take_the_notify_socket_over_after_start(
+        tmp_path: Path, world_dir: Path, pid_path: Path) -> None:
+    import errno
+
+    if SYSTEM_PYTHON is None:
+        pytest.skip("no Python interpreter that nobody may execute")
+    script = write_script(world_dir, SLEEPER_READY, "ready.py")
+    takeover = write_script(world_dir, TAKEOVER, "takeover.py")
+    result = run_cli("start", "--notify", "--pidfile", str(pid_path), "--",
+                     PYTHON, str(script), str(REPO))
+    assert result.returncode == 0, result.stderr
+    program = holder(pid_path)
+    environ = Path(f"/proc/{program}/environ").read_bytes().split(b"\0")
+    (address,) = [v.split(b"=", 1)[1].decode() for v in environ if v.startswith(b"NOTIFY_SOCKET=")]
+    assert address.startswith("@")  # abstract: anyone can read it in /proc/net/unix
+    attempt = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", SYSTEM_PYTHON, "-I",
+         str(takeover), address], capture_output=True, text=True, timeout=30)
+    assert attempt.stdout.strip() == str(errno.EADDRINUSE), attempt.stdout + attempt.stderr
+    _stop(pid_path)
+
+
+SENDS = """
+import os, signal, sys, time
+sys.path.insert(0, sys.argv[1])
+from daemonctx import systemd
+for line in sys.argv[2:]:
+    if line.startswith("sleep:"):
+        time.sleep(float(line[6:]))  # so that the launcher handles what came before first
+    else:
+        systemd.notify_raw(line)
+while True:
+    signal.pause()
+"""
+
+
+@pytest.mark.parametrize("messages", [
+    ["EXTEND_TIMEOUT_USEC=18446744073709551615", "sleep:0.3", "READY=1"],  # "infinity"
+    ["EXTEND_TIMEOUT_USEC=99999999999999999999999999", "sleep:0.3", "READY=1"],
+    ["EXTEND_TIMEOUT_USEC=-5\nSTATUS=\u2603 almost", "sleep:0.3", "READY=1"],
+])
+def test_out_of_range_extensions_do_not_crash_the_wait(tmp_path: Path, pid_path: Path,
+                                                       messages: list[str]) -> None:
+    script = write_script(tmp_path, SENDS, "sends.py")
+    result = run_cli("start", "--notify", "--timeout", "10", "--pidfile", str(pid_path), "--",
+                     PYTHON, str(script), str(REPO), *messages)
+    assert result.returncode == 0, result.stderr
+    _stop(pid_path)
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    ("2147483648", "ERRNO=2147483648 (unknown error)"),
+    ("99999999999999999999", "ERRNO=99999999999999999999 (unknown error)"),
+    ("-1", "ERRNO=-1 (not an errno number)"),
+    ("2", "ERRNO=2 (ENOENT: No such file or directory)"),
+])
+def test_any_errno_fails_the_start_naming_it_and_stops_the_program(
+        tmp_path: Path, pid_path: Path, value: str, shown: str) -> None:
+    script = write_script(tmp_path, SENDS, "sends.py")
+    result = run_cli("start", "--notify", "--timeout", "10", "--pidfile", str(pid_path), "--",
+                     PYTHON, str(script), str(REPO), f"ERRNO={value}")
+    assert result.returncode == 3
+    assert f"reported a start-up failure: {shown}; stopped it" in result.stderr
+    assert_one_line_error(result)
+    assert not pid_exists(pid_in_message(result.stderr))
+    assert holder_pid(pid_path) is None
+    assert not pid_path.exists()
