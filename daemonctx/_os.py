@@ -179,25 +179,40 @@ def permits(st: os.stat_result, uid: int, gid: int, groups: Sequence[int], want:
 
 
 def only_root_can_change(path: str) -> bool:
-    """True if no user but root can change what ``path`` names (modulo its last component).
+    """True if no user but root can change what ``path`` names.
 
-    Every directory from ``/`` down to the one holding ``path`` (symbolic links resolved) is
-    owned by root and writable by nobody else (no group or other write bit).  Only then may a
-    process running as root open ``path`` for a less privileged daemon without opening what a
-    local user planted there (a symbolic link to ``/etc/shadow``, a hard link, a swapped file).
+    Walking from ``/`` to the file (symbolic links in the directories resolved), each directory
+    must be root's and writable by nobody else -- or, like ``/tmp``, sticky, with the entry in
+    it root's too (in a sticky directory only an entry's owner can remove or replace it).  Only
+    then may a process running as root open ``path`` for a less privileged daemon without
+    opening what a local user planted there (a symbolic link to ``/etc/shadow``, a swapped
+    file).
     """
-    directory = os.path.realpath(os.path.dirname(os.path.abspath(path)))
-    while True:
+    import stat
+
+    target = os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path))),
+                          os.path.basename(path))
+    parts = [part for part in target.split("/") if part]
+    directory = "/"
+    for part in parts:
         try:
             st = os.stat(directory)
         except OSError:
             return False
-        if st.st_uid != 0 or st.st_mode & 0o022:
+        if st.st_uid != 0:
             return False
-        parent = os.path.dirname(directory)
-        if parent == directory:
-            return True
-        directory = parent
+        if st.st_mode & 0o022:
+            if not st.st_mode & stat.S_ISVTX:
+                return False
+            try:
+                if os.lstat(os.path.join(directory, part)).st_uid != 0:
+                    return False
+            except FileNotFoundError:
+                pass  # created by root, then root's
+            except OSError:
+                return False
+        directory = os.path.join(directory, part)
+    return True
 
 
 def open_as_user(path: str, flags: int, mode: int, uid: int, gid: int,

@@ -716,7 +716,7 @@ def _warn_about_threads() -> None:
     import warnings
 
     names = ", ".join(repr(t.name) for t in others)
-    level = 1
+    level = 2  # 1 is this function, 2 its caller
     frame: FrameType | None = sys._getframe(1)
     while frame is not None and frame.f_code.co_filename == __file__:
         frame, level = frame.f_back, level + 1  # point at the caller's line, not ours

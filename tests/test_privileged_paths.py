@@ -1,0 +1,145 @@
+"""Root acting for a less privileged daemon: checked as that user, never tricked by that user.
+
+Issue 14, #5: ``restart --user`` stopped the service, then failed a check it could have made
+first (the pidfile's directory, a command the user cannot execute: both judged as root).
+Issue 14, #6: with the log directory the docs recommend (writable by the daemon's user), that
+user replaced ``app.log`` with a symbolic link to a root-only file, and the next start by root
+appended to it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import assert_one_line_error, holder, run_cli
+
+NOBODY = 65534
+
+
+def _as_nobody(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
+                           "--clear-groups", *argv], capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture
+def root_only_dir(tmp_path: Path) -> Path:
+    """A directory only root may write, that others may enter."""
+    os.chmod(tmp_path, 0o755)
+    for parent in tmp_path.parents:
+        if parent == Path("/"):
+            break
+        os.chmod(parent, os.stat(parent).st_mode | 0o711)
+    directory = tmp_path / "run"
+    directory.mkdir(mode=0o755)
+    return directory
+
+
+def test_restart_as_a_user_who_cannot_create_the_pidfile_refuses_before_stopping(
+        root_only_dir: Path, pidfiles: list[Path]) -> None:
+    pidfile = root_only_dir / "app.pid"
+    pidfiles.append(pidfile)
+    assert run_cli("start", "--pidfile", str(pidfile), "--", "/bin/sleep", "600").returncode == 0
+    running = holder(pidfile)
+    result = run_cli("restart", "--pidfile", str(pidfile), "--user", "nobody", "--",
+                     "/bin/sleep", "600")
+    assert result.returncode == 3
+    assert f"directory {root_only_dir}" in result.stderr
+    assert "is not writable by uid 65534" in result.stderr
+    assert_one_line_error(result)
+    assert holder(pidfile) == running, "the service must still be up"
+
+
+def test_restart_with_a_command_the_user_cannot_execute_refuses_before_stopping(
+        root_only_dir: Path, world_dir: Path, pidfiles: list[Path]) -> None:
+    pidfile = world_dir / "app.pid"
+    pidfiles.append(pidfile)
+    script = root_only_dir / "root-only.sh"
+    script.write_text("#!/bin/sh\nexec /bin/sleep 600\n")
+    script.chmod(0o700)
+    assert run_cli("start", "--pidfile", str(pidfile), "--user", "nobody", "--",
+                   "/bin/sleep", "600").returncode == 0
+    running = holder(pidfile)
+    result = run_cli("restart", "--pidfile", str(pidfile), "--user", "nobody", "--", str(script))
+    assert result.returncode == 3
+    assert "is not executable by the program's user (uid 65534 gid 65534)" in result.stderr
+    assert holder(pidfile) == running, "the service must still be up"
+
+
+@pytest.fixture
+def nobodys_log_dir(root_only_dir: Path) -> Path:
+    """``/var/log/app/`` as the docs recommend: owned by the daemon's user."""
+    logs = root_only_dir / "logs"
+    logs.mkdir()
+    os.chown(logs, NOBODY, NOBODY)
+    return logs
+
+
+@pytest.fixture
+def root_secret(root_only_dir: Path) -> Path:
+    secret = root_only_dir / "shadow"
+    secret.write_text("root:secret\n")
+    secret.chmod(0o600)
+    return secret
+
+
+def test_a_link_planted_by_the_daemons_user_is_not_followed_with_roots_rights(
+        nobodys_log_dir: Path, root_secret: Path, world_dir: Path, pidfiles: list[Path]) -> None:
+    log = nobodys_log_dir / "app.log"
+    planted = _as_nobody("ln", "-s", str(root_secret), str(log))
+    assert planted.returncode == 0, planted.stderr
+    pidfile = world_dir / "app.pid"
+    pidfiles.append(pidfile)
+    for command in ("start", "restart"):
+        result = run_cli(command, "--pidfile", str(pidfile), "--user", "nobody", "--stdout",
+                         str(log), "--", "/bin/sh", "-c", "echo owned; exec sleep 600")
+        assert result.returncode == 3, result.stderr
+        assert (f"the daemon's user (uid {NOBODY}) cannot open {str(log)!r} for appending: "
+                f"Permission denied") in result.stderr
+        assert_one_line_error(result)
+    assert root_secret.read_text() == "root:secret\n"
+    assert not pidfile.exists()
+
+
+def test_the_library_opens_a_stream_path_in_a_users_directory_as_that_user(
+        nobodys_log_dir: Path, root_secret: Path, tmp_path: Path) -> None:
+    import daemonctx
+    from daemonctx.errors import DaemonOptionError
+
+    log = nobodys_log_dir / "app.log"
+    assert _as_nobody("ln", "-s", str(root_secret), str(log)).returncode == 0
+    context = daemonctx.DaemonContext(uid="nobody", stdout=str(log))
+    with pytest.raises(DaemonOptionError, match="cannot open .* for appending: Permission"):
+        context.check_options()
+    assert root_secret.read_text() == "root:secret\n"
+
+
+def test_a_log_in_the_users_directory_is_created_by_and_for_that_user(
+        nobodys_log_dir: Path, world_dir: Path, pidfiles: list[Path]) -> None:
+    log = nobodys_log_dir / "app.log"
+    pidfile = world_dir / "app.pid"
+    pidfiles.append(pidfile)
+    result = run_cli("start", "--pidfile", str(pidfile), "--user", "nobody", "--stdout",
+                     str(log), "--", "/bin/sh", "-c", "echo hello; exec sleep 600")
+    assert result.returncode == 0, result.stderr
+    assert log.stat().st_uid == NOBODY
+    from tests.helpers import wait_file_text
+
+    assert wait_file_text(log) == "hello\n"
+
+
+def test_a_log_in_a_directory_only_root_writes_is_still_opened_by_root(
+        root_only_dir: Path, world_dir: Path, pidfiles: list[Path]) -> None:
+    log = root_only_dir / "app.log"  # /var/log/app.log: the daemon writes through root's fd
+    pidfile = world_dir / "app.pid"
+    pidfiles.append(pidfile)
+    result = run_cli("start", "--pidfile", str(pidfile), "--user", "nobody", "--stdout",
+                     str(log), "--", "/bin/sh", "-c", "echo hello; exec sleep 600")
+    assert result.returncode == 0, result.stderr
+    assert log.stat().st_uid == 0
+    from tests.helpers import wait_file_text
+
+    assert wait_file_text(log) == "hello\n"
