@@ -110,8 +110,13 @@ holding the pidfile's lock (closing it gives up the lock).
 --notify: daemonctx listens on a private socket (abstract namespace, accepting messages from
 root and the program's user only) and passes it as NOTIFY_SOCKET to the program (not to
 itself).  READY=1 means started; EXTEND_TIMEOUT_USEC=N extends the wait; ERRNO=N or the program
-exiting means failed.  On failure or timeout the program (and its process group) is stopped:
-SIGTERM, then SIGKILL after 5 s, so a failed start leaves nothing running.
+exiting means failed.  Barriers (BARRIER=1, sent by systemd-notify) are answered.  Once the
+program is ready, a small keeper process answers the socket until the program exits, as
+systemd does, so later messages succeed and no other user can take the socket's name.
+
+A failed start (bad exit, no READY=1, timeout) leaves nothing running: the program and every
+process it started (also in sessions of their own) are stopped, SIGTERM then SIGKILL after
+5 s, and its pidfile removed.
 
 examples:
   daemonctx start --pidfile /run/app.pid --user app --stdout /var/log/app.log -- /usr/bin/app
@@ -123,7 +128,9 @@ Send the stop signal to the process holding the pidfile's lock (through a pidfd,
 recycled pid), wait for it to exit and for the lock to be released, and escalate to SIGKILL
 after --timeout seconds (or follow --retry).  A KILL step also kills the daemon's descendants
 and any process still holding the lock, so the lock is free afterwards.  The leftover pidfile
-is removed.
+is removed.  A daemon whose pidfile was removed by hand is found by the lock it still holds on
+the removed file (the process whose open "PATH (deleted)" file carries the lock and names its
+own pid), as are status, reload and signal.
 
 Exit status: 0 stopped; 1 not running (0 with --oknodo); 2 still running after the schedule;
 3 error (e.g. not permitted to signal it).
@@ -131,7 +138,8 @@ Exit status: 0 stopped; 1 not running (0 with --oknodo); 2 still running after t
 
 _STATUS_DESCRIPTION = """\
 Report whether the daemon runs, from the pidfile's lock: pid, command line, uptime, resident
-memory and the tree of child processes (a supervisor's workers).
+memory and the tree of child processes (a supervisor's workers).  If the pidfile was removed
+while the daemon runs, the daemon is found by the lock it still holds on the removed file.
 
 Exit status (LSB): 0 running; 1 not running but the pidfile exists (the daemon died, or the pid
 in the file now belongs to an unrelated process); 3 not running; 4 unknown (the pidfile cannot

@@ -220,7 +220,11 @@ class DaemonContext:
 
             launch = self._launch = Launch()
             plan.keep_fds.add(launch.report_w)
-            steps.detach_process_context(self._run_launcher, announce=launch.announce)
+            try:
+                steps.detach_process_context(self._run_launcher, announce=launch.announce)
+            except BaseException:
+                launch.abandon()  # the first fork failed: the caller goes on as it was
+                raise
             launch.daemon_side()
         elif os.getpid() == 1:
             _run_as_init()

@@ -74,13 +74,7 @@ class Launch:
         self.daemon_pid: int | None = None
         self.daemon_pidfd: int | None = None
         self.daemon_status: int | None = None  # os.waitstatus_to_exitcode, once reaped
-        self.subreaper = False
         self.reader = handshake.ReportReader(self.report_r)
-
-    @property
-    def daemon_fds(self) -> tuple[int, ...]:
-        """The pipe ends the daemon and the intermediate child inherit (closed in the daemon)."""
-        return (self.pid_r, self.pid_w, self.go_r, self.go_w, self.report_r)
 
     # --- the other processes' sides ----------------------------------------------------------
 
@@ -237,15 +231,16 @@ class Launch:
         self._reap_children()
         return signalled
 
-    def close(self) -> None:
-        """Release the launcher's fds (the process exits right after anyway)."""
-        for fd in (self.report_r, self.daemon_pidfd):
-            if fd is not None:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        self.daemon_pidfd = None
+    def abandon(self) -> None:
+        """The first fork failed: close the pipes and stop being a subreaper."""
+        for fd in (self.report_r, self.report_w, self.pid_r, self.pid_w, self.go_r, self.go_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if self.subreaper:
+            _os.set_child_subreaper(False)
+            self.subreaper = False
 
     # --- internals -----------------------------------------------------------------------------
 

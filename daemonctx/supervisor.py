@@ -817,7 +817,7 @@ class Supervisor:
         if worker is None:
             # An orphan reparented to us, or a child the application started: reaped all the same.
             self._log("debug", "reaped unknown child %d (%s)", pid,
-                      _describe_exit(os.waitstatus_to_exitcode(status)))
+                      _os.describe_wait_status(os.waitstatus_to_exitcode(status)))
             return
         code = os.waitstatus_to_exitcode(status)
         if self.on_worker_exit is not None:
@@ -848,8 +848,8 @@ class Supervisor:
         for worker in self._workers.values():
             worker.generation = self._generation
         message = (f"rolling restart abandoned: replacement worker {failed.task_id} (pid"
-                   f" {failed.pid}) {_describe_exit(code)} before it was ready; the old workers"
-                   " keep serving")
+                   f" {failed.pid}) {_os.describe_wait_status(code)} before it was ready; the old"
+                   " workers keep serving")
         self._log("error", "%s", message)
         if self._reloading:
             self._reloading = False
@@ -1023,10 +1023,10 @@ class _Wording:
         return ("starting %d worker processes", count)
 
     def exited(self, task: int, pid: int, code: int) -> tuple[Any, ...]:
-        return ("worker %d (pid %d) %s", task, pid, _describe_exit(code))
+        return ("worker %d (pid %d) %s", task, pid, _os.describe_wait_status(code))
 
     def finished(self, task: int, pid: int, code: int) -> tuple[Any, ...]:
-        return ("worker %d (pid %d) %s: not restarted", task, pid, _describe_exit(code))
+        return ("worker %d (pid %d) %s: not restarted", task, pid, _os.describe_wait_status(code))
 
 
 class _TornadoWording(_Wording):
@@ -1056,16 +1056,6 @@ def _kill(pid: int, signum: int) -> None:
         os.kill(pid, signum)
     except ProcessLookupError:
         pass
-
-
-def _describe_exit(code: int) -> str:
-    if code >= 0:
-        return f"exited with status {code}"
-    try:
-        name = signal.Signals(-code).name
-    except ValueError:
-        name = "unknown signal"
-    return f"was killed by signal {-code} ({name})"
 
 
 def _exit_code_of(stop: SystemExit) -> int:

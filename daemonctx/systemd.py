@@ -29,6 +29,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Literal
 
+from daemonctx import _os
 from daemonctx.errors import DaemonError, DaemonOptionError
 
 if TYPE_CHECKING:
@@ -424,6 +425,10 @@ def _send_datagram(payload: bytes, address: str, timeout: float | None) -> None:
     try:
         sock = socket.socket(socket.AF_UNIX,
                              socket.SOCK_DGRAM | getattr(socket, "SOCK_CLOEXEC", 0))
+        if sock.fileno() <= _os.closed_fds_ceiling():
+            # In a daemon, a Python object made before DaemonContext.open() may still believe
+            # it owns this number and close it when collected: take one above those.
+            sock = socket.socket(fileno=_os.above_closed_fds(sock.detach()))
         # Connected, so that a full queue makes poll() wait for room instead of spinning.
         sock.settimeout(timeout)
         sock.connect(sockaddr)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import kill_tree
+from tests.helpers import kill_tree, let_others_traverse
 
 
 @pytest.fixture
@@ -24,12 +24,7 @@ def spawned() -> Iterator[list[int]]:
 def world_dir(tmp_path: Path) -> Path:
     """A temporary directory that an unprivileged user (nobody) can enter and write to."""
     os.chmod(tmp_path, 0o755)
-    for parent in tmp_path.parents:
-        if parent == Path("/"):
-            break
-        mode = os.stat(parent).st_mode
-        if not mode & 0o001:
-            os.chmod(parent, mode | 0o711)
+    let_others_traverse(tmp_path)
     d = tmp_path / "shared"
     d.mkdir()
     os.chmod(d, 0o1777)

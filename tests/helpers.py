@@ -185,6 +185,18 @@ def _state_or_none(pid: int) -> str | None:
         return None
 
 
+def let_others_traverse(path: Path) -> None:
+    """Make ``path`` and every directory above it searchable by other users (``o+x``).
+
+    pytest's base temporary directory is private (0700); tests that run something as another
+    user (nobody) need to reach files below it.
+    """
+    for directory in (path, *path.parents):
+        if directory == Path("/"):
+            break
+        os.chmod(directory, os.stat(directory).st_mode | 0o711)
+
+
 def write_script(directory: Path, body: str, name: str = "prog.py") -> Path:
     """Write a dedented Python script that can import daemonctx from this checkout."""
     path = directory / name

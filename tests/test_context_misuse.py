@@ -49,7 +49,7 @@ def _on_a_full_disk(tmp_path: Path, *argv: str) -> tuple[str, list[str]]:
                             timeout=60, env=env)
     if result.returncode == 97 or "unshare failed" in result.stderr:
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
-    shown, _, listing = result.stdout.rpartition("status=")
+    listing = result.stdout.rpartition("status=")[2]
     return result.stdout + result.stderr, listing.splitlines()[1:]
 
 

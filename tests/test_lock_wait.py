@@ -69,13 +69,19 @@ def test_restart_while_the_old_instance_stops_waits_for_it(tmp_path: Path,
     assert int(pidfile.read_text()) == new
 
 
-def test_holder_that_outlasts_the_wait_fails_naming_it_and_the_wait(tmp_path: Path,
-                                                                    spawned: list[int]) -> None:
+def _running(tmp_path: Path, spawned: list[int]) -> tuple[Path, Path, int]:
+    """The app started once: (its script, its pidfile, the daemon's pid)."""
     script = write_script(tmp_path, APP, "app.py")
     pidfile = tmp_path / "app.pid"
     assert _start(script, tmp_path, wait=0).returncode == 0
     running = read_pid_file(pidfile)
     spawned.append(running)
+    return script, pidfile, running
+
+
+def test_holder_that_outlasts_the_wait_fails_naming_it_and_the_wait(tmp_path: Path,
+                                                                    spawned: list[int]) -> None:
+    script, pidfile, running = _running(tmp_path, spawned)
     second = _start(script, tmp_path, wait=0.5)
     assert second.returncode == 1
     assert (f"PIDFileTimeoutError: pidfile {pidfile} is held by pid {running}: still locked "
@@ -87,11 +93,7 @@ def test_holder_that_outlasts_the_wait_fails_naming_it_and_the_wait(tmp_path: Pa
 
 def test_no_wait_still_fails_at_once_as_already_running(tmp_path: Path,
                                                         spawned: list[int]) -> None:
-    script = write_script(tmp_path, APP, "app.py")
-    pidfile = tmp_path / "app.pid"
-    assert _start(script, tmp_path, wait=0).returncode == 0
-    running = read_pid_file(pidfile)
-    spawned.append(running)
+    script, _, running = _running(tmp_path, spawned)
     second = _start(script, tmp_path, wait=0)
     assert second.returncode == 1
     assert f"is held by pid {running}: already running" in second.stderr

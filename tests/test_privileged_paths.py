@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import assert_one_line_error, holder, run_cli
+from tests.helpers import assert_one_line_error, holder, let_others_traverse, run_cli
 
 NOBODY = 65534
 
@@ -29,10 +29,7 @@ def _as_nobody(*argv: str) -> subprocess.CompletedProcess[str]:
 def root_only_dir(tmp_path: Path) -> Path:
     """A directory only root may write, that others may enter."""
     os.chmod(tmp_path, 0o755)
-    for parent in tmp_path.parents:
-        if parent == Path("/"):
-            break
-        os.chmod(parent, os.stat(parent).st_mode | 0o711)
+    let_others_traverse(tmp_path)
     directory = tmp_path / "run"
     directory.mkdir(mode=0o755)
     return directory
@@ -112,7 +109,7 @@ def test_the_library_opens_a_stream_path_in_a_users_directory_as_that_user(
     log = nobodys_log_dir / "app.log"
     assert _as_nobody("ln", "-s", str(root_secret), str(log)).returncode == 0
     context = daemonctx.DaemonContext(uid="nobody", stdout=str(log))
-    with pytest.raises(DaemonOptionError, match="cannot open .* for appending: Permission"):
+    with pytest.raises(DaemonOptionError, match=r"cannot open .* for appending: Permission"):
         context.check_options()
     assert root_secret.read_text() == "root:secret\n"
 

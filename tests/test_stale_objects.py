@@ -43,9 +43,9 @@ context = daemonctx.DaemonContext(pidfile=daemonctx.PIDFile(os.path.join(rundir,
 with context:
     del stale[:]                                # each one closes "its" fd
     gc.collect()
-    context.notify_ready()                      # so the start-up pipe must have survived too
     with open(os.path.join(rundir, "collected"), "w") as out:
         out.write(f"{os.getpid()} {highest}")
+    context.notify_ready()                      # so the start-up pipe must have survived too
     while True:
         signal.pause()
 """
