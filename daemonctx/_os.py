@@ -34,10 +34,12 @@ __all__ = [
     "open_as_user",
     "permits",
     "prctl",
+    "printable",
     "prctl_loaded",
     "record_closed_fds",
     "set_child_subreaper",
     "set_parent_death_signal",
+    "signal_name",
     "unlink_if_same",
     "write_all",
 ]
@@ -137,17 +139,34 @@ def set_parent_death_signal(signum: int) -> None:
     prctl(PR_SET_PDEATHSIG, signum)
 
 
+def printable(text: str) -> str:
+    """``text`` with every non-printable character escaped (``\\x1b``, ``\\u202e``...).
+
+    For text another process chose (a daemon's error message, a ``STATUS=`` line, a command
+    line) that is shown on a terminal: a daemon running as another user must not send escape
+    sequences, or reorder what root reads with bidirectional controls.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
+
+
+def signal_name(signum: int) -> str:
+    """``"SIGTERM"`` for 15; ``"signal 42"`` for a number without a name."""
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
 def describe_wait_status(code: int) -> str:
     """Words for an exit code as :func:`os.waitstatus_to_exitcode` gives it (``-N``: signal N)."""
     if code >= 0:
         return f"exited with status {code}"
-    import signal
-
-    try:
-        name = signal.Signals(-code).name
-    except ValueError:
-        name = "unknown signal"
-    return f"was killed by signal {-code} ({name})"
+    return f"was killed by signal {-code} ({signal_name(-code)})"
 
 
 def write_all(fd: int, data: bytes) -> bool:

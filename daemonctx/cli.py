@@ -364,8 +364,12 @@ def _say(verbose: bool, command: str, message: str) -> None:
 
 
 def _write(fd: int, line: str) -> None:
-    # os.write, not print: the launcher may exit with os._exit, which flushes nothing.
-    data = (line.rstrip("\n") + "\n").encode("utf-8", "replace")
+    # os.write, not print: the launcher may exit with os._exit, which flushes nothing.  Every
+    # line is made printable: it may quote a daemon's text (STATUS=, its command line).
+    from daemonctx._os import printable
+
+    text = "\n".join(printable(part) for part in line.rstrip("\n").split("\n"))
+    data = (text + "\n").encode("utf-8", "replace")
     try:
         while data:
             data = data[os.write(fd, data):]
@@ -810,26 +814,31 @@ class _CommandStart:
 
     def finish(self, report: StartupReport, launch: Launch) -> NoReturn:
         """Judge the report (waiting for READY=1 or the settle time), clean up and exit."""
+        from daemonctx.launcher import LaunchInterrupted, keep_the_verdict
+
         code, message, to_stderr = EXIT_ERROR, "", True
         try:
-            code, message, to_stderr = _judge_start(self.plan, self.notify, report, launch)
-        except KeyboardInterrupt:
-            code = 130
-            message = (f"interrupted while waiting for pid {report.pid}, which may still be "
-                       f"starting: see '{PROG} status --pidfile {self.plan.pidfile}'")
-        except BaseException as exc:  # the launcher must exit, whatever happens
-            message = f"launcher error: {exc!r}{_clean_up_failed_start(self.plan, launch)}"
-        try:
+            try:
+                code, message, to_stderr = _judge_start(self.plan, self.notify, report, launch)
+            except LaunchInterrupted as stop:  # SIGTERM or SIGINT: nobody will hear of a start
+                code = 128 + stop.signum
+                message = (f"interrupted by {stop.name} while waiting for {self.plan.argv[0]} "
+                           f"(pid {report.pid}) to start"
+                           f"{_clean_up_failed_start(self.plan, launch)}")
+            except BaseException as exc:  # the launcher must exit, whatever happens
+                message = f"launcher error: {exc!r}{_clean_up_failed_start(self.plan, launch)}"
+            keep_the_verdict()
             if self.notify is not None:
                 self.notify.close()
+            if message:
+                if to_stderr:
+                    _error(self.plan.command_name, message)
+                else:
+                    _say(self.plan.verbose, self.plan.command_name, message)
         except BaseException:
-            pass
-        if message:
-            if to_stderr:
-                _error(self.plan.command_name, message)
-            else:
-                _say(self.plan.verbose, self.plan.command_name, message)
-        os._exit(code)
+            pass  # a signal between the verdict and keep_the_verdict(): the verdict stands
+        finally:
+            os._exit(code)
 
 
 def _command_context(start: _CommandStart) -> DaemonContext:
@@ -898,13 +907,9 @@ def _how_it_ended(launch: Launch) -> str:
     if code is None:
         return "(exit status unknown)"
     if code < 0:
-        import signal
+        from daemonctx._os import signal_name
 
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"killed by signal {-code} ({name})"
+        return f"killed by signal {-code} ({signal_name(-code)})"
     return f"with status {code}"
 
 

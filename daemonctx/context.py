@@ -285,6 +285,9 @@ class DaemonContext:
         The default prints a failure on stderr and exits with ``report.exit_status`` (0 when
         the daemon is ready).  Subclasses may wait for more (the CLI waits for ``READY=1``).
         """
+        from daemonctx.launcher import keep_the_verdict
+
+        keep_the_verdict()  # judged: a SIGTERM now changes nothing
         if not report.ok:
             prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "daemon"
             line = f"{prog}: daemon failed to start: {report.message}\n"
@@ -338,9 +341,19 @@ class DaemonContext:
         """In the launching process: wait for the report, clean up a failed start, exit."""
         launch = self._launch
         assert launch is not None
+        from daemonctx.launcher import LaunchInterrupted
+
         try:
             launch.begin(intermediate_pid)
             report = launch.conclude(launch.wait(self.startup_timeout))
+        except LaunchInterrupted as stop:
+            report = handshake.StartupReport(
+                "failed", launch.daemon_pid, f"interrupted by {stop.name} while waiting for "
+                f"the daemon's start-up report", 128 + stop.signum)
+            try:
+                report = launch.conclude(report)
+            except BaseException:
+                pass
         except BaseException as exc:  # the launcher must exit, whatever happens
             report = handshake.StartupReport("failed", launch.daemon_pid,
                                              f"launcher error: {exc!r}", 1)
@@ -348,7 +361,15 @@ class DaemonContext:
                 report = launch.conclude(report)  # nobody would report this start's failure
             except BaseException:
                 pass
-        self.on_startup_report(report)
+        try:
+            self.on_startup_report(report)  # exits; a subclass may wait for more (the command)
+        except LaunchInterrupted as stop:
+            try:
+                launch.stop_all()
+            finally:
+                os._exit(128 + stop.signum)
+        finally:
+            os._exit(report.exit_status)  # never return into the caller's code
 
     # --- option checking ----------------------------------------------------------------
 

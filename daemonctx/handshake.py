@@ -276,5 +276,6 @@ class ReportReader:
                 code, _, rest = arg.partition(" ")
                 error_type, _, text = rest.partition(" ")
                 self.state, self.error_type = "failed", error_type
-                self.message = f"{error_type}: {_unescape(text)}"
+                # shown on the launcher's terminal: the daemon may run as another user
+                self.message = _os.printable(f"{error_type}: {_unescape(text)}")
                 self.status = int(code) if code.isdigit() and 0 < int(code) < 256 else 1

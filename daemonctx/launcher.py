@@ -43,7 +43,8 @@ TYPE_CHECKING = False  # see daemonctx/__init__.py: typing is not imported at ru
 if TYPE_CHECKING:
     import socket
 
-__all__ = ["STOP_GRACE", "Launch", "NotifyListener", "parse_notification"]
+__all__ = ["STOP_GRACE", "Launch", "LaunchInterrupted", "NotifyListener", "keep_the_verdict",
+           "parse_notification"]
 
 #: Seconds a process gets to exit after SIGTERM before SIGKILL, when a failed start is cleaned
 #: up; and how long a daemon that reported a failure gets to exit on its own.
@@ -51,6 +52,34 @@ STOP_GRACE = 5.0
 # Bound on how many kill rounds a clean-up makes (each round catches processes forked, or
 # re-parented to the launcher, since the previous one).
 _MAX_ROUNDS = 20
+
+
+class LaunchInterrupted(BaseException):
+    """SIGTERM or SIGINT reached the launching process while it waited: the start is abandoned.
+
+    A :class:`BaseException`, so that nothing on the way swallows it; the launcher then stops
+    what it started, like any failed start, and exits with ``128 + signum``.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def name(self) -> str:
+        """The signal's name (``SIGTERM``)."""
+        return _os.signal_name(self.signum)
+
+
+def _abandon(signum: int, frame: object) -> None:
+    keep_the_verdict()  # a second signal must not cut the clean-up short
+    raise LaunchInterrupted(signum)
+
+
+def keep_the_verdict() -> None:
+    """Once the launcher has judged the start: SIGTERM and SIGINT no longer change it."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class Launch:
@@ -105,7 +134,14 @@ class Launch:
         Reads the pid the intermediate child announces, opens a pidfd on it while the
         intermediate child (our unreaped child, waiting for our word) is still its parent,
         becomes a child subreaper, then lets the intermediate child exit and reaps it.
+
+        From here on SIGTERM and SIGINT abandon the start (:class:`LaunchInterrupted`: whoever
+        sent them gets no daemon, and none is left running), and SIGHUP is ignored: a terminal
+        that goes away does not decide whether the daemon starts.
         """
+        signal.signal(signal.SIGTERM, _abandon)
+        signal.signal(signal.SIGINT, _abandon)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         for fd in (self.report_w, self.pid_w, self.go_r):
             os.close(fd)
         self.session = intermediate_pid  # it called setsid
@@ -172,7 +208,7 @@ class Launch:
         if report.state == "died" and self.daemon_status is not None:
             report = self._death_report()  # its exit status is known by now
         message = report.message
-        if report.state == "timeout" and report.pid is not None and report.pid in stopped:
+        if report.pid is not None and report.pid in stopped:
             message += "; stopped it"
         left = [pid for pid in stopped if pid != report.pid]
         if left:
@@ -376,7 +412,10 @@ def parse_notification(data: bytes) -> Notification:
     or kept as text (``ERRNO``), never turned into an exception.
     """
     note = Notification()
-    for line in data.decode("utf-8", "replace").splitlines():
+    # Lines end at "\n" (systemd's reader also accepts "\r"), never at the other characters
+    # str.splitlines() knows: a STATUS= text holding a U+2028 or a form feed before
+    # "READY=1" must stay text, not become a command.
+    for line in data.decode("utf-8", "replace").replace("\r", "\n").split("\n"):
         key, sep, value = line.partition("=")
         if not sep:
             continue
@@ -399,7 +438,7 @@ def describe_errno(text: str) -> str:
     import errno as errno_codes
 
     if not (text.isascii() and text.isdigit()):
-        return f"{text} (not an errno number)"
+        return f"{_os.printable(text)} (not an errno number)"
     number = int(text)
     name = errno_codes.errorcode.get(number, "")
     try:
@@ -489,7 +528,7 @@ class NotifyListener:
 
     def _handle(self, note: Notification) -> None:
         if note.status:
-            self.last_status = note.status
+            self.last_status = _os.printable(note.status)
         if note.errno_text is not None:
             self.errno_text = note.errno_text
         if note.extend is not None:

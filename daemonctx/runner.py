@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, ClassVar, Literal, NoReturn
 
 from daemonctx import _proc
+from daemonctx._os import signal_name as _full_signal_name
 from daemonctx.errors import DaemonError, DaemonOptionError, DaemonOSEnvironmentError
 
 if TYPE_CHECKING:
@@ -118,10 +119,8 @@ def parse_signal(text: str, option: str = "signal") -> int:
 
 def signal_name(number: int) -> str:
     """``15`` -> ``"TERM"``: the short name used in messages and schedules."""
-    try:
-        return signal.Signals(number).name.removeprefix("SIG")
-    except ValueError:
-        return str(number)
+    name = _full_signal_name(number)
+    return name.removeprefix("SIG") if name.startswith("SIG") else str(number)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ typo is an error the caller sees instead of a daemon that dies unseen.
 
 from __future__ import annotations
 
+from daemonctx._os import signal_name
 from daemonctx._signal_module import signal
 from daemonctx.errors import DaemonOptionError
 
@@ -55,16 +56,6 @@ def _signal_number(key: object) -> int:
     return int(key)
 
 
-def _signal_name(signum: int) -> str:
-    """The signal's name, for error messages only (it imports the enum-based module)."""
-    import signal as signal_module
-
-    try:
-        return signal_module.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
-
-
 def resolve_signal_map(signal_map: Mapping[Any, object], owner: object) -> dict[int, Handler]:
     """Turn a signal map into ``{signum: handler}`` ready for :func:`signal.signal`.
 
@@ -81,7 +72,7 @@ def resolve_signal_map(signal_map: Mapping[Any, object], owner: object) -> dict[
         signum = _signal_number(key)
         if signum in _UNCATCHABLE:
             raise DaemonOptionError(
-                f"signal_map: {_signal_name(signum)} cannot be caught or ignored"
+                f"signal_map: {signal_name(signum)} cannot be caught or ignored"
             )
         handler: Handler
         if target is None:
@@ -91,7 +82,7 @@ def resolve_signal_map(signal_map: Mapping[Any, object], owner: object) -> dict[
             if method is None or not callable(method):
                 owner_name = type(owner).__name__
                 raise DaemonOptionError(
-                    f"signal_map[{_signal_name(signum)}]: {owner_name} has no method {target!r}"
+                    f"signal_map[{signal_name(signum)}]: {owner_name} has no method {target!r}"
                 )
             handler = method
         elif (isinstance(target, int) and not isinstance(target, bool)
@@ -99,7 +90,7 @@ def resolve_signal_map(signal_map: Mapping[Any, object], owner: object) -> dict[
             handler = target
         else:
             raise DaemonOptionError(
-                f"signal_map[{_signal_name(signum)}]: {target!r} is not callable, "
+                f"signal_map[{signal_name(signum)}]: {target!r} is not callable, "
                 "a method name or None"
             )
         resolved[signum] = handler

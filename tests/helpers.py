@@ -89,17 +89,26 @@ def kill_and_wait(pid: int | None, sig: int = signal.SIGKILL,
 
 
 def kill_tree(pid: int | None, timeout: float = DEFAULT_TIMEOUT) -> None:
-    """SIGKILL ``pid`` and every descendant found through /proc, then wait for them all."""
+    """SIGKILL every descendant of ``pid``, then ``pid``, and wait for them all.
+
+    Descendants go first, in passes until none is left alive: a process forked, or re-parented
+    to ``pid`` (a subreaper), while a pass ran is caught by the next one instead of escaping to
+    init when ``pid`` dies.
+    """
     if pid is None:
         return
-    pids = [pid, *descendants(pid)]
-    for p in pids:
-        try:
-            os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    for p in pids:
-        wait_pid_gone(p, timeout)
+    for _ in range(50):
+        below = [p for p in descendants(pid) if pid_exists(p)]
+        if not below:
+            break
+        for p in below:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for p in below:
+            wait_pid_gone(p, timeout)
+    kill_and_wait(pid, signal.SIGKILL, timeout)
 
 
 def children_of(pid: int) -> list[int]:
@@ -402,6 +411,20 @@ def run_cli(*args: str, timeout: float = CLI_TIMEOUT,
     full_env["PYTHONPATH"] = str(REPO)
     return subprocess.run([PYTHON, "-m", "daemonctx", *args], capture_output=True, text=True,
                           timeout=timeout, env=full_env, stdin=subprocess.DEVNULL)
+
+
+def adopt_lock_holder(path: Path, spawned: list[int]) -> int | None:
+    """Whatever holds the lock of pidfile ``path``, appended to ``spawned`` (killed at the end).
+
+    Called right after a launcher returned, before asserting on it: a daemon that started when
+    the test expected otherwise is still cleaned up.
+    """
+    from daemonctx.pidfile import holder_pid
+
+    pid = holder_pid(path)
+    if pid is not None:
+        spawned.append(pid)
+    return pid
 
 
 def holder(path: Path) -> int:

@@ -19,6 +19,7 @@ from daemonctx.pidfile import holder_pid
 from tests.helpers import (
     PYTHON,
     REPO,
+    adopt_lock_holder,
     holder,
     read_pid_file,
     run_python,
@@ -102,9 +103,10 @@ def test_a_context_opened_inside_an_open_one_is_refused(tmp_path: Path,
                                                        spawned: list[int]) -> None:
     script = write_script(tmp_path, NESTED, "nested.py")
     result = run_python(script, str(tmp_path))
+    adopt_lock_holder(tmp_path / "outer.pid", spawned)
+    adopt_lock_holder(tmp_path / "inner.pid", spawned)
     assert result.returncode == 0, result.stderr
     daemon = read_pid_file(tmp_path / "outer.pid")
-    spawned.append(daemon)
     nested = json.loads(wait_file_text(tmp_path / "nested.json"))
     assert nested["pid"] == daemon  # no second detach happened
     assert "a DaemonContext is already open in this process" in nested["error"]
@@ -135,8 +137,8 @@ def test_threads_running_at_open_are_named_in_a_warning_on_the_launchers_stderr(
     script = write_script(tmp_path, THREADED, "threaded.py")
     pidfile = tmp_path / "app.pid"
     result = run_python(script, str(pidfile), str(tmp_path / "threads"))
+    adopt_lock_holder(pidfile, spawned)
     assert result.returncode == 0, result.stderr
-    spawned.append(read_pid_file(pidfile))
     assert "DaemonThreadWarning: 1 other thread running when DaemonContext.open() forks " \
            "('metrics-pusher')" in result.stderr
     assert "with context:" in result.stderr  # the warning points at the caller's line
@@ -144,10 +146,11 @@ def test_threads_running_at_open_are_named_in_a_warning_on_the_launchers_stderr(
 
 
 def test_the_thread_warning_as_an_error_stops_open_before_anything_changed(
-        tmp_path: Path) -> None:
+        tmp_path: Path, spawned: list[int]) -> None:
     script = write_script(tmp_path, THREADED, "threaded.py")
     pidfile = tmp_path / "app.pid"
     result = run_python(script, str(pidfile), str(tmp_path / "threads"), "error")
+    adopt_lock_holder(pidfile, spawned)
     assert result.returncode == 1
     assert "daemonctx.errors.DaemonThreadWarning" in result.stderr
     assert not pidfile.exists()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tests.helpers import (
     PYTHON,
+    adopt_lock_holder,
     holder,
     kill_and_wait,
     pid_exists,
@@ -54,16 +55,16 @@ def test_restart_while_the_old_instance_stops_waits_for_it(tmp_path: Path,
     script = write_script(tmp_path, APP, "app.py")
     pidfile = tmp_path / "app.pid"
     first = _start(script, tmp_path, wait=5, stop_time=1.0)
+    adopt_lock_holder(pidfile, spawned)
     assert first.returncode == 0, first.stderr
     old = read_pid_file(pidfile)
-    spawned.append(old)
     os.kill(old, signal.SIGTERM)
     wait_for((tmp_path / f"stopping-{old}").exists, what="the old one to be stopping")
     assert holder(pidfile) == old  # still shutting down, still holding the pidfile
     second = _start(script, tmp_path, wait=5, stop_time=0)
+    adopt_lock_holder(pidfile, spawned)
     assert second.returncode == 0, second.stderr
     new = holder(pidfile)
-    spawned.append(new)
     assert new != old
     assert not pid_exists(old)
     assert int(pidfile.read_text()) == new
@@ -73,10 +74,10 @@ def _running(tmp_path: Path, spawned: list[int]) -> tuple[Path, Path, int]:
     """The app started once: (its script, its pidfile, the daemon's pid)."""
     script = write_script(tmp_path, APP, "app.py")
     pidfile = tmp_path / "app.pid"
-    assert _start(script, tmp_path, wait=0).returncode == 0
-    running = read_pid_file(pidfile)
-    spawned.append(running)
-    return script, pidfile, running
+    started = _start(script, tmp_path, wait=0)
+    adopt_lock_holder(pidfile, spawned)
+    assert started.returncode == 0, started.stderr
+    return script, pidfile, read_pid_file(pidfile)
 
 
 def test_holder_that_outlasts_the_wait_fails_naming_it_and_the_wait(tmp_path: Path,

@@ -235,3 +235,50 @@ def test_any_errno_fails_the_start_naming_it_and_stops_the_program(
     assert not pid_exists(pid_in_message(result.stderr))
     assert holder_pid(pid_path) is None
     assert not pid_path.exists()
+
+
+def test_a_status_text_holding_another_line_break_is_text_not_a_command(
+        tmp_path: Path, pid_path: Path) -> None:
+    script = write_script(tmp_path, SENDS, "sends.py")
+    # U+2028 and a form feed end lines for str.splitlines(), not for sd_notify(3)
+    result = run_cli("start", "--notify", "--timeout", "1", "--pidfile", str(pid_path), "--",
+                     PYTHON, str(script), str(REPO), "STATUS=loading\u2028READY=1",
+                     "STATUS=50%\fERRNO=5")
+    assert result.returncode == 3
+    assert "sent no READY=1 within 1 s (last STATUS: 50%\\x0cERRNO=5); stopped it" \
+        in result.stderr
+    assert_one_line_error(result)
+
+
+def test_a_status_text_cannot_send_escape_sequences_to_the_terminal(tmp_path: Path,
+                                                                   pid_path: Path) -> None:
+    script = write_script(tmp_path, SENDS, "sends.py")
+    result = run_cli("start", "--notify", "--timeout", "1", "--pidfile", str(pid_path), "--",
+                     PYTHON, str(script), str(REPO), "STATUS=\x1b]0;owned\x07\x1b[2J\u202egnp")
+    assert result.returncode == 3
+    assert "\x1b" not in result.stderr and "\u202e" not in result.stderr
+    assert "(last STATUS: \\x1b]0;owned\\x07\\x1b[2J\\u202egnp)" in result.stderr
+
+
+def test_sigterm_to_a_waiting_start_stops_what_it_started(tmp_path: Path,
+                                                         pid_path: Path) -> None:
+    import signal
+
+    marker = tmp_path / "running"
+    launcher = subprocess.Popen(
+        [PYTHON, "-m", "daemonctx", "start", "--notify", "--timeout", "60", "--pidfile",
+         str(pid_path), "--", "/bin/sh", "-c", f"touch {marker}; exec sleep 600"],
+        env=dict(os.environ, PYTHONPATH=str(REPO)), stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(marker.exists, what="the program to run")
+        program = holder(pid_path)
+        launcher.send_signal(signal.SIGTERM)
+        _, stderr = launcher.communicate(timeout=30)
+    finally:
+        kill_and_wait(launcher.pid)
+    assert launcher.returncode == 128 + signal.SIGTERM
+    assert f"interrupted by SIGTERM while waiting for /bin/sh (pid {program}) to start; " \
+           f"stopped it" in stderr
+    assert not pid_exists(program)
+    assert holder_pid(pid_path) is None
+    assert not pid_path.exists()

@@ -24,9 +24,11 @@ from tests.helpers import (
 SLEEPER = ("--", "/bin/sleep", "600")
 
 
-def test_status_stop_and_start_find_a_program_whose_pidfile_was_removed(pid_path: Path) -> None:
+def test_status_stop_and_start_find_a_program_whose_pidfile_was_removed(
+        pid_path: Path, spawned: list[int]) -> None:
     assert run_cli("start", "--pidfile", str(pid_path), *SLEEPER).returncode == 0
     program = holder(pid_path)
+    spawned.append(program)  # killed at the end, even once its pidfile is gone
     pid_path.unlink()  # a careless clean-up script
     status = run_cli("status", "--pidfile", str(pid_path))
     assert status.returncode == 0, status.stdout
@@ -44,9 +46,11 @@ def test_status_stop_and_start_find_a_program_whose_pidfile_was_removed(pid_path
     assert run_cli("status", "--pidfile", str(pid_path)).returncode == 3
 
 
-def test_signal_reaches_a_program_whose_pidfile_was_removed(pid_path: Path) -> None:
+def test_signal_reaches_a_program_whose_pidfile_was_removed(pid_path: Path,
+                                                           spawned: list[int]) -> None:
     assert run_cli("start", "--pidfile", str(pid_path), *SLEEPER).returncode == 0
     program = holder(pid_path)
+    spawned.append(program)
     pid_path.unlink()
     result = run_cli("signal", "TERM", "--pidfile", str(pid_path))
     assert result.returncode == 0, result.stderr

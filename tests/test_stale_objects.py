@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tests.helpers import (
     PYTHON,
+    adopt_lock_holder,
     holder,
     kill_and_wait,
     open_fds,
@@ -65,12 +66,13 @@ def test_collecting_a_socket_made_before_open_keeps_the_lock(tmp_path: Path,
     script = write_script(tmp_path, TEN_LINES, "ten_lines.py")
     pidfile = tmp_path / "app.pid"
     result = _start(tmp_path, script)
+    adopt_lock_holder(pidfile, spawned)
     assert result.returncode == 0, result.stderr
     daemon = read_pid_file(pidfile)
-    spawned.append(daemon)
     wait_for((tmp_path / "collected").exists, what="the collection")
     assert holder(pidfile) == daemon  # the kernel still has the lock
     second = _start(tmp_path, script)
+    adopt_lock_holder(pidfile, spawned)
     assert second.returncode == 1
     assert f"held by pid {daemon}: already running" in second.stderr
     kill_and_wait(daemon, signal.SIGTERM)
@@ -82,9 +84,9 @@ def test_lock_and_start_up_pipe_survive_collecting_every_object_made_before_open
     script = write_script(tmp_path, TEN_LINES, "ten_lines.py")
     pidfile = tmp_path / "app.pid"
     result = _start(tmp_path, script, extra=8)  # fds 3 to 19 owned by objects
+    adopt_lock_holder(pidfile, spawned)
     assert result.returncode == 0, result.stderr  # the report arrived after the collection
     daemon, highest = map(int, (tmp_path / "collected").read_text().split())
-    spawned.append(daemon)
     assert highest >= 19
     assert holder(pidfile) == daemon
     assert _lock_fd(daemon, pidfile) > highest
@@ -119,9 +121,9 @@ def test_supervisor_master_keeps_its_pipes_and_lock_when_objects_are_collected(
     script = write_script(tmp_path, SUPERVISED, "supervised.py")
     pidfile = tmp_path / "app.pid"
     result = run_python(script, str(tmp_path))
+    adopt_lock_holder(pidfile, spawned)
     assert result.returncode == 0, result.stderr
     master = read_pid_file(pidfile)
-    spawned.append(master)
     first, _ = wait_live_children(master, 2)
     kill_and_wait(first, signal.SIGKILL)
     wait_for((tmp_path / "collected").exists, what="the master's collection")

@@ -15,6 +15,7 @@ from tests.helpers import (
     launch_probe,
     pid_exists,
     read_pid_file,
+    wait_file_text,
     wait_for,
     wait_pid_gone,
     write_script,
@@ -232,3 +233,22 @@ def test_startup_timeout_zero_does_not_wait_like_python_daemon(tmp_path):
     assert result.stderr == ""
     pid = read_pid_file(tmp_path / "daemon.pid")
     wait_pid_gone(pid)
+
+
+def test_sigterm_to_the_launcher_while_it_waits_stops_the_daemon(tmp_path):
+    script = write_script(tmp_path, APP, "app.py")
+    launcher = subprocess.Popen([PYTHON, str(script), "slow", str(tmp_path), "60"],
+                                stderr=subprocess.PIPE, text=True)
+    try:
+        pid = int(wait_file_text(tmp_path / "daemon.pid"))
+        launcher.send_signal(signal.SIGTERM)
+        _, stderr = launcher.communicate(timeout=30)
+    finally:
+        if launcher.returncode is None:
+            launcher.kill()
+            launcher.wait()
+    assert launcher.returncode == 128 + signal.SIGTERM
+    assert ("daemon failed to start: interrupted by SIGTERM while waiting for the daemon's "
+            "start-up report; stopped it") in stderr
+    assert not pid_exists(pid)
+    assert not (tmp_path / "app.pid").exists()
