@@ -20,6 +20,7 @@ from daemonctx.errors import (
     DaemonOptionError,
     DaemonThreadWarning,
 )
+from daemonctx.launcher import Launch, LaunchInterrupted, keep_the_verdict
 from daemonctx.signals import default_signal_map, install_signal_handlers
 from daemonctx.signals import resolve_signal_map as _resolve_signal_map
 
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
     from types import FrameType, TracebackType
     from typing import IO, Any, NoReturn
 
-    from daemonctx.launcher import Launch
     from daemonctx.signals import Handler
 
     StreamTarget = IO[Any] | str | os.PathLike[str] | int | None
@@ -207,8 +207,8 @@ class DaemonContext:
         try:
             if plan.detach or os.getpid() == 1:
                 _warn_about_threads()
-            if waits:
-                _load_launcher(plan)
+            if waits and plan.chroot is not None:
+                _load_prctl_for_chroot()
             self._run_steps_before_fork(plan)
         except BaseException:
             plan.undo()
@@ -216,8 +216,6 @@ class DaemonContext:
         if plan.detach and not waits:
             steps.detach_process_context(lambda child_pid: os._exit(0))
         elif plan.detach:
-            from daemonctx.launcher import Launch
-
             launch = self._launch = Launch()
             plan.keep_fds.add(launch.report_w)
             try:
@@ -285,8 +283,6 @@ class DaemonContext:
         The default prints a failure on stderr and exits with ``report.exit_status`` (0 when
         the daemon is ready).  Subclasses may wait for more (the CLI waits for ``READY=1``).
         """
-        from daemonctx.launcher import keep_the_verdict
-
         keep_the_verdict()  # judged: a SIGTERM now changes nothing
         if not report.ok:
             prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "daemon"
@@ -341,8 +337,6 @@ class DaemonContext:
         """In the launching process: wait for the report, clean up a failed start, exit."""
         launch = self._launch
         assert launch is not None
-        from daemonctx.launcher import LaunchInterrupted
-
         try:
             launch.begin(intermediate_pid)
             report = launch.conclude(launch.wait(self.startup_timeout))
@@ -361,6 +355,10 @@ class DaemonContext:
                 report = launch.conclude(report)  # nobody would report this start's failure
             except BaseException:
                 pass
+        try:
+            launch.release()
+        except BaseException:
+            pass
         try:
             self.on_startup_report(report)  # exits; a subclass may wait for more (the command)
         except LaunchInterrupted as stop:
@@ -714,19 +712,18 @@ def _refuse_nested(context: DaemonContext) -> None:
         f"close it first)")
 
 
-def _load_launcher(plan: _Plan) -> None:
-    """Import what the launcher needs after the fork while the Python library is readable.
+def _load_prctl_for_chroot() -> None:
+    """Load ``prctl`` before changing root, for the launcher to become a subreaper.
 
-    After a chroot, or a drop to a user who cannot read the Python installation, nothing can be
-    imported any more; otherwise ``prctl`` (ctypes) is loaded by the launcher after the fork,
-    off the daemon's path.
+    In a chroot ``/proc`` is usually missing, so the launcher could not find what a failed
+    start left through the daemon's session, and nothing can be imported any more: loaded now
+    (a few milliseconds), ``prctl`` makes the launcher a subreaper before it forks, so that such
+    processes are re-parented to it.
     """
-    __import__("daemonctx.launcher")
-    if plan.chroot is not None or plan.uid != os.geteuid():
-        try:
-            _os.load_prctl()
-        except (OSError, AttributeError):
-            pass
+    try:
+        _os.load_prctl()
+    except (OSError, AttributeError):
+        pass
 
 
 def _warn_about_threads() -> None:

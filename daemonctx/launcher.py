@@ -5,22 +5,22 @@ it does not return into the caller's code, it waits (bounded) for the daemon's s
 and exits with a truthful status.  :class:`Launch` is that wait and what follows it:
 
 * **Knowing the daemon for sure.**  The intermediate child announces the daemon's pid on a
-  pipe of its own and then waits for the launcher's word before it exits.  While it waits the
-  daemon is *its* child, so the pid cannot have been reused: the launcher opens a pidfd on it
-  then, and only ever signals the daemon through that pidfd.  The launcher is also a child
-  subreaper (Linux), so the daemon and the processes it orphans are re-parented to the
-  launcher: they are its own unreaped children, whose pids cannot be reused either.  (It
-  becomes one before the first fork when ``prctl`` is loaded already -- always for the
-  ``daemonctx`` command --, otherwise right after it, off the daemon's path: a process orphaned
-  in the first milliseconds then goes to init, and is still found through the daemon's
-  session, below.)
+  pipe of its own and stays the daemon's parent until the launcher's verdict.  While it waits
+  the daemon is *its* unreaped child, so the pid cannot have been reused: the launcher opens a
+  pidfd on it then, and only ever signals the daemon through that pidfd.  If the daemon dies
+  first, the intermediate child reaps it and passes its exit status on.
+* **Orphans.**  When ``prctl`` is loaded already (always for the ``daemonctx`` command, and
+  before a chroot), the launcher becomes a child subreaper before it forks, so the processes
+  the daemon orphans are re-parented to it: its own unreaped children.  Loading ``prctl``
+  otherwise would cost milliseconds on the daemon's path; such processes are then found
+  through the daemon's session instead.
 * **Reading the report** (:mod:`daemonctx.handshake` is the wire format) while watching the
   pidfd: a daemon that dies without a word is seen at once, even when a process it forked keeps
   the report pipe open.
 * **Leaving nothing behind when a start fails** (:meth:`Launch.stop_all`): a daemon that timed
   out, and whatever a failed daemon left running (a helper process, a child in a session of
   its own), is stopped (SIGTERM, then SIGKILL after a grace) and reaped -- only processes that
-  are provably this start's: the launcher's own children and their descendants.
+  are provably this start's (:meth:`Launch._processes_of_this_start`).
 * **Readiness over sd_notify** for the ``daemonctx`` command (:class:`NotifyListener`): the
   ``NOTIFY_SOCKET`` a program reports ``READY=1`` on, with barriers honoured, and handed over to
   a small keeper process for the program's lifetime once it is ready (see
@@ -87,33 +87,53 @@ class Launch:
 
     Created before the first fork: it makes the pipes.  Then, in the daemon,
     :meth:`daemon_side` hands the report pipe to :mod:`daemonctx.handshake`; in the intermediate
-    child, :meth:`announce` sends the daemon's pid and waits for the launcher's word; in the
-    launcher, :meth:`begin` learns the daemon for sure, :meth:`wait` reads the report and
-    :meth:`conclude` cleans up after a failed start.
+    child, :meth:`announce` sends the daemon's pid and stays the daemon's parent until the
+    launcher's verdict (reaping it, and passing on its exit status, if it dies first); in the
+    launcher, :meth:`begin` learns the daemon for sure, :meth:`wait` reads the report,
+    :meth:`conclude` cleans up after a failed start and :meth:`release` lets the intermediate
+    child go.
     """
 
     def __init__(self) -> None:
         self.report_r, self.report_w = os.pipe()  # close-on-exec, as every fd Python makes
-        self.pid_r, self.pid_w = os.pipe()
-        self.go_r, self.go_w = os.pipe()
-        # Children the caller's process had before: never this start's, never touched.
-        self.children_before = frozenset(_proc.children(os.getpid()))
-        self.session: int | None = None  # the daemon's session: the intermediate child's pid
+        self.pid_r, self.pid_w = os.pipe()  # the intermediate child's: the pid, then a status
+        self.go_r, self.go_w = os.pipe()  # the launcher's verdict: the intermediate may go
+        # Children the caller's process had before: never this start's, never touched (read
+        # by begin(), after the fork, off the daemon's path).
+        self.children_before: frozenset[int] = frozenset()
+        # Loading prctl costs milliseconds the daemon would share two cores with: a subreaper
+        # only when it is loaded already (the command loads it; so does a chroot).
         self.subreaper = _os.prctl_loaded() and _os.set_child_subreaper(True)
+        self.intermediate_pid: int | None = None  # its pid is the daemon's session id too
         self.daemon_pid: int | None = None
         self.daemon_pidfd: int | None = None
-        self.daemon_status: int | None = None  # os.waitstatus_to_exitcode, once reaped
+        self.daemon_status: int | None = None  # os.waitstatus_to_exitcode, once known
         self.reader = handshake.ReportReader(self.report_r)
+        self._pid_lines = b""
 
     # --- the other processes' sides ----------------------------------------------------------
 
     def announce(self, daemon_pid: int) -> None:
-        """In the intermediate child: send the daemon's pid, wait for the launcher's word."""
+        """In the intermediate child: send the daemon's pid, stay its parent until the verdict.
+
+        While it waits, the daemon is its unreaped child: the pid cannot be anybody else's, so
+        the launcher's pidfd on it is the daemon's.  If the daemon dies first, it reaps it and
+        sends ``exit <status>``, as only a parent can learn it.  The launcher's word (a byte,
+        or the end of file if the launcher is gone) ends the wait.
+        """
         _os.write_all(self.pid_w, f"{daemon_pid}\n".encode())
-        os.close(self.pid_w)
-        os.close(self.go_w)
+        for fd in (self.go_w, self.report_r, self.report_w):  # the end of file is not ours
+            os.close(fd)
         try:
-            os.read(self.go_r, 1)  # a byte, or end of file if the launcher is gone
+            daemon = os.pidfd_open(daemon_pid)
+        except OSError:
+            daemon = None
+        watched = [self.go_r] + ([daemon] if daemon is not None else [])
+        try:
+            if daemon in select.select(watched, [], [])[0]:
+                _, status = os.waitpid(daemon_pid, 0)
+                code = os.waitstatus_to_exitcode(status)
+                _os.write_all(self.pid_w, f"exit {code}\n".encode())
         except OSError:
             pass
 
@@ -131,9 +151,8 @@ class Launch:
     def begin(self, intermediate_pid: int) -> None:
         """In the launcher, right after the first fork: learn the daemon's pid for sure.
 
-        Reads the pid the intermediate child announces, opens a pidfd on it while the
-        intermediate child (our unreaped child, waiting for our word) is still its parent,
-        becomes a child subreaper, then lets the intermediate child exit and reaps it.
+        Reads the pid the intermediate child announces and opens a pidfd on it while the
+        intermediate child (our unreaped child, waiting for our word) is its parent.
 
         From here on SIGTERM and SIGINT abandon the start (:class:`LaunchInterrupted`: whoever
         sent them gets no daemon, and none is left running), and SIGHUP is ignored: a terminal
@@ -144,22 +163,16 @@ class Launch:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         for fd in (self.report_w, self.pid_w, self.go_r):
             os.close(fd)
-        self.session = intermediate_pid  # it called setsid
-        try:
-            pid_text = _read_all(self.pid_r)
-        finally:
-            os.close(self.pid_r)
-        if pid_text.strip().isdigit():
-            self.daemon_pid = int(pid_text)
+        self.intermediate_pid = intermediate_pid
+        self.children_before = frozenset(_proc.children(os.getpid())) - {intermediate_pid}
+        pid_line = self._read_pid_line(None)
+        if pid_line.isdigit():
+            self.daemon_pid = int(pid_line)
             try:
                 self.daemon_pidfd = os.pidfd_open(self.daemon_pid)
             except OSError:
                 self.daemon_pidfd = None  # no pidfds here: the daemon is never signalled
         self.reader.pid = self.daemon_pid
-        self.subreaper = self.subreaper or _os.set_child_subreaper(True)
-        _os.write_all(self.go_w, b"g")
-        os.close(self.go_w)
-        _reap(intermediate_pid)
 
     def wait(self, timeout: float | None) -> handshake.StartupReport:
         """Read the daemon's report until it is final, the daemon dies, or ``timeout`` s pass.
@@ -196,9 +209,9 @@ class Launch:
         """After a failed start, leave nothing of it running; the report, completed.
 
         A daemon that reported a failure gets :data:`STOP_GRACE` seconds to exit on its own; a
-        daemon that timed out is stopped; then every process the start left (re-parented to the
-        launcher, or descended from the daemon) is stopped and reaped.  A ready report is
-        returned unchanged: the launcher exits and leaves the daemon running.
+        daemon that timed out is stopped; then every process the start left (the daemon's
+        descendants, its session, orphans re-parented to the launcher) is stopped and reaped.  A
+        good report is returned unchanged.
         """
         if report.ok:
             return report
@@ -217,11 +230,37 @@ class Launch:
                         f"left running (pid {listed})")
         return report.replace(message=message)
 
-    def collect_daemon_status(self) -> None:
-        """Reap the daemon if it has exited and is our child; remember its exit status."""
+    def release(self) -> None:
+        """The verdict is in: let the intermediate child exit, and reap it.
+
+        A running daemon is then re-parented to init (or the nearest subreaper): the launcher is
+        about to exit, or, for the command, still watches it through its pidfd.
+        """
+        if self.go_w < 0:
+            return
+        _os.write_all(self.go_w, b"g")
+        os.close(self.go_w)
+        self.go_w = -1
+        # Not waited for: the launcher usually exits now, and init reaps it; a launcher that
+        # stays (the command) reaps it with the other children it adopted.
+
+    def collect_daemon_status(self, timeout: float = 2.0) -> None:
+        """Learn the exited daemon's status: from its parent, the intermediate child, or by
+        reaping it when it has become the launcher's child (subreaper)."""
         pid = self.daemon_pid
         if pid is None or self.daemon_status is not None:
             return
+        line = self._read_pid_line(timeout)
+        if line.startswith("exit ") and line[5:].lstrip("-").isdigit():
+            self.daemon_status = int(line[5:])
+            return
+        if self.go_w < 0 and self.intermediate_pid is not None:
+            # Released, the intermediate child is exiting; once it is reaped its children
+            # (the daemon, dead or alive) are re-parented, to us as subreaper.
+            try:
+                os.waitpid(self.intermediate_pid, 0)
+            except ChildProcessError:
+                pass
         try:
             reaped, status = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
@@ -230,7 +269,7 @@ class Launch:
             self.daemon_status = os.waitstatus_to_exitcode(status)
 
     def wait_daemon_exit(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` s for the daemon to exit (reaping it); True if it has."""
+        """Wait up to ``timeout`` s for the daemon to exit; True (status collected) if it has."""
         if self.daemon_pidfd is None:
             return False
         if not select.select([self.daemon_pidfd], [], [], timeout)[0]:
@@ -243,9 +282,8 @@ class Launch:
 
         SIGTERM first, SIGKILL to whatever is still running ``grace`` seconds later, then again
         for processes forked or re-parented meanwhile, until none is left (bounded).  Only
-        provable processes are signalled, through pidfds: the launcher's own children (the
-        daemon and the orphans re-parented to it as subreaper), and their descendants.  Every
-        child of the launcher that exits is reaped.
+        provable processes are signalled, through pidfds (see
+        :meth:`_processes_of_this_start`).  Every child of the launcher that exits is reaped.
         """
         signalled: list[int] = []
         signum = signal.SIGTERM
@@ -264,6 +302,7 @@ class Launch:
                     os.close(fd)
             self._reap_children()
             signum = signal.SIGKILL
+        self.collect_daemon_status(0.5 if self.daemon_pid in signalled else 0.0)
         self._reap_children()
         return signalled
 
@@ -280,25 +319,45 @@ class Launch:
 
     # --- internals -----------------------------------------------------------------------------
 
+    def _read_pid_line(self, timeout: float | None) -> str:
+        """The next line from the intermediate child (``""`` at end of file or after timeout)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self._pid_lines:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([self.pid_r], [], [], remaining)[0]:
+                return ""
+            chunk = os.read(self.pid_r, 64)
+            if not chunk:
+                return ""
+            self._pid_lines += chunk
+        line, _, self._pid_lines = self._pid_lines.partition(b"\n")
+        return line.decode("ascii", "replace").strip()
+
     def _processes_of_this_start(self) -> list[tuple[int, int]]:
         """Pidfds on every live process provably of this start (the caller closes them).
 
-        The launcher's own children but those it had before (the daemon, orphans re-parented to
-        it as subreaper), the daemon through the pidfd taken while it was provably the daemon,
-        the members of the daemon's session (checked after opening), and their descendants.
+        * the daemon, through the pidfd taken while it was provably the daemon;
+        * the launcher's own children but those it had before and the intermediate child,
+          which only waits (the daemon once re-parented, orphans re-parented to the launcher as
+          subreaper);
+        * the members of the daemon's session, checked after opening (a session's id is never
+          given to a new process while the session has members);
+        * and the descendants of all these, each checked to be its parent's child after
+          opening.
         """
-        mine = [pid for pid in _proc.children(os.getpid()) if pid not in self.children_before]
-        found = _proc.descendant_pidfds(mine, trusted_roots=True,
-                                        skip=self.children_before.__contains__)
+        skip = self.children_before | {self.intermediate_pid}
+        mine = [pid for pid in _proc.children(os.getpid()) if pid not in skip]
+        found = _proc.descendant_pidfds(mine, trusted_roots=True, skip=skip.__contains__)
         seen = {pid for pid, _ in found}
         if self.daemon_pidfd is not None and self.daemon_pid not in seen:
             daemon = self.daemon_pid
             assert daemon is not None
             found.append((daemon, os.dup(self.daemon_pidfd)))
             seen.add(daemon)
-        if self.session is not None:
-            session = self.session
-            members = [pid for pid in _proc.session_members(session) if pid not in seen]
+        if self.intermediate_pid is not None:
+            session = self.intermediate_pid
+            members = [pid for pid in _proc.session_members(session)
+                       if pid not in seen and pid != session]
             found += _proc.pidfds_if(members, lambda pid: _proc.session_id(pid) == session)
             seen.update(pid for pid, _ in found)
         for pid, fd in _proc.descendant_pidfds([pid for pid, _ in found]):
@@ -313,6 +372,8 @@ class Launch:
         for pid in _proc.children(os.getpid()):
             if pid in self.children_before:
                 continue
+            if pid == self.intermediate_pid and self.go_w >= 0:
+                continue  # not released yet: it may still pass on the daemon's status
             try:
                 reaped, status = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
@@ -341,25 +402,6 @@ def _timeout_report(report: handshake.StartupReport,
     limit = f" within {timeout:g} s" if timeout is not None else ""
     return handshake.StartupReport("timeout", report.pid,
                                    f"{who} did not report readiness in time{limit}", 1)
-
-
-def _read_all(fd: int) -> str:
-    chunks: list[bytes] = []
-    while True:
-        try:
-            chunk = os.read(fd, 64)
-        except InterruptedError:  # pragma: no cover - PEP 475 retries
-            continue
-        if not chunk:
-            return b"".join(chunks).decode("ascii", "replace")
-        chunks.append(chunk)
-
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
 
 
 def _exited(pidfd: int) -> bool:
