@@ -16,7 +16,6 @@ import pytest
 
 import daemonctx
 from daemonctx import DaemonError, DaemonOptionError
-from daemonctx import supervisor as supervisor_module
 from daemonctx.supervisor import (
     RestartPolicy,
     Supervisor,
@@ -26,6 +25,8 @@ from daemonctx.supervisor import (
     parent_death_fd,
     task_id,
 )
+from daemonctx.supervisor import master as supervisor_module
+from daemonctx.supervisor.policy import RestartBudget, WorkerExit
 from tests.helpers import children_of
 from tests.test_supervisor_support import supervisor_script
 
@@ -181,3 +182,54 @@ def test_names_are_exported_lazily_from_the_package() -> None:
     assert daemonctx.SupervisorError is SupervisorError
     assert daemonctx.fork_processes is fork_processes
     assert daemonctx.task_id is task_id
+
+
+# --- the decisions, driven without forking ---------------------------------------------------
+
+
+def _exit(code: int = 1, *, ready: bool = True, uptime: float = 100.0) -> WorkerExit:
+    return WorkerExit(task_id=0, pid=42, code=code, ready=ready, uptime=uptime,
+                      description="worker 0 (pid 42) exited with status 1")
+
+
+def test_decision_success_status_ends_the_slot_and_failure_restarts_with_growing_backoff() -> None:
+    budget = RestartBudget(RestartPolicy(backoff_initial=0.5, backoff_factor=2, backoff_max=3,
+                                         restart_burst=None))
+    slot = budget.new_slot()
+    assert budget.decide(slot, _exit(0), now=0).action == "done"
+    delays = [budget.decide(slot, _exit(1, uptime=1.0), now=t).delay for t in range(5)]
+    assert delays == [0.5, 1.0, 2.0, 3.0, 3.0]
+    # a worker that stayed up long enough starts the backoff over
+    assert budget.decide(slot, _exit(1, uptime=60.0), now=10).delay == 0.5
+
+
+def test_decision_boot_failures_in_a_row_give_up_naming_the_retries() -> None:
+    budget = RestartBudget(RestartPolicy(boot_retries=2, restart_burst=None))
+    slot = budget.new_slot()
+    actions = [budget.decide(slot, _exit(ready=False), now=t).action for t in range(3)]
+    assert actions == ["restart", "restart", "give-up"]
+    decision = budget.decide(budget.new_slot(), _exit(ready=True, uptime=0.2), now=5)
+    assert decision.action == "restart"  # within start_period: a boot failure, the first
+
+
+def test_decision_rate_budget_counts_restarts_over_every_slot_in_the_window() -> None:
+    budget = RestartBudget(RestartPolicy(restart_burst=3, restart_interval=10,
+                                         boot_retries=None))
+    slots = [budget.new_slot() for _ in range(2)]
+    assert [budget.decide(slots[t % 2], _exit(), now=t).action for t in range(3)] == \
+        ["restart"] * 3
+    decision = budget.decide(slots[1], _exit(), now=3)
+    assert decision.action == "give-up"
+    assert "after 3 restarts within 10 s (restart_burst=3, restart_interval=10)" in \
+        decision.message
+    # once the window has moved on, the budget is there again
+    assert RestartBudget(budget.policy).decide(slots[0], _exit(), now=30).action == "restart"
+
+
+def test_decision_lifetime_limit_gives_up_with_tornados_words() -> None:
+    budget = RestartBudget(RestartPolicy.tornado(max_restarts=2))
+    slot = budget.new_slot()
+    assert [budget.decide(slot, _exit(), now=t).action for t in range(3)] == \
+        ["restart", "restart", "give-up"]
+    assert budget.decide(slot, _exit(), now=4).message.startswith(
+        "Too many child restarts, giving up")

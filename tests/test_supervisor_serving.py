@@ -318,3 +318,25 @@ def test_under_daemon_context_workers_exiting_normally_leave_the_pidfile_alone(
             assert not pidfile.exists()
         finally:
             kill_tree(master)
+
+
+def test_sighup_of_fork_processes_under_systemd_reports_reloading_then_ready(
+        tmp_path: Path, notify_socket: tuple[socket.socket, str]) -> None:
+    sock, name = notify_socket
+    body = """
+    tid = fork_processes(2)
+    record("events", "start", tid, os.getpid())
+    park()
+    """
+    env = dict(os.environ, NOTIFY_SOCKET=name)
+    with supervisor_script(tmp_path, body, env=env) as master:
+        first = receive(sock, 15)
+        assert first is not None and first.startswith(b"READY=1")
+        master.wait_lines("events", 2)
+        master.signal(signal.SIGHUP)
+        reloading = receive(sock, 15)
+        assert reloading is not None and reloading.startswith(b"RELOADING=1")
+        ready = receive(sock, 15)  # Type=notify-reload: the reload completes
+        assert ready is not None and ready.startswith(b"READY=1"), ready
+        assert len(master.wait_lines("events", 4)) == 4  # both workers were replaced
+        assert terminate_and_wait(master) == 0

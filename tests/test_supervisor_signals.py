@@ -139,7 +139,7 @@ def test_parent_death_pipe_stops_workers_where_pdeathsig_is_unavailable(tmp_path
     # worker watches the parent-death pipe and sends the death signal at its end of file.
     body = RECORDING_WORKER + """
     import daemonctx.supervisor
-    daemonctx.supervisor._use_pdeathsig = False
+    daemonctx.supervisor.worker._use_pdeathsig = False
     Supervisor(2).serve(worker)
     """
     with supervisor_script(tmp_path, body) as master:
@@ -305,4 +305,39 @@ def test_workers_get_back_the_signal_handlers_and_fds_the_master_had(tmp_path: P
         worker_pipes = wait_for(lambda: (len(pipes(pid)) == 1) and pipes(pid),
                                 what="the worker's readiness fd closed")
         assert worker_pipes <= pipes(master.pid)  # type: ignore[operator]
+        assert terminate_and_wait(master) == 0
+
+
+# Workers ready as soon as they are forked (fork_processes, RestartPolicy(ready_on_start=True)):
+# nothing is written to the readiness pipe, so nothing but the loop itself can move a rolling
+# restart on.
+READY_ON_FORK_WORKER = textwrap.indent("""
+def worker(tid):
+    record("events", "start", tid, os.getpid(), time.monotonic())
+    record_stop_on_term()
+    park()
+""", "    ")
+
+
+@pytest.mark.parametrize("entry", ["fork_processes(3)",
+                                   "Supervisor(3, policy=RestartPolicy(ready_on_start=True))"])
+def test_sighup_replaces_every_worker_when_workers_are_ready_on_fork(tmp_path: Path,
+                                                                     entry: str) -> None:
+    body = READY_ON_FORK_WORKER + f"""
+    if {entry.startswith("fork")!r}:
+        tid = fork_processes(3)
+        worker(tid)
+    else:
+        Supervisor(3, policy=RestartPolicy(ready_on_start=True)).serve(worker)
+    """
+    with supervisor_script(tmp_path, body) as master:
+        old = started_pids(master, 3)
+        master.signal(signal.SIGHUP)
+        # every old worker stopped and replaced, without any other event to wake the master
+        master.wait_lines("events", 3, first="stop")
+        events = master.wait_lines("events", 6, first="start")
+        new = [pid for pid in pids_from(events) if pid not in old]
+        assert len(new) == 3
+        assert sorted(wait_live_children(master.pid, 3, without=tuple(old))) == sorted(new)
+        assert not any(pid_exists(pid) for pid in old)
         assert terminate_and_wait(master) == 0

@@ -1,30 +1,12 @@
-"""Pre-fork workers: restarted when they crash, stopped when asked, never outliving their master.
+"""The master: the loop that keeps the workers running, and what each signal means to it.
 
-Two ways in:
-
-* :func:`fork_processes` keeps tornado 6's contract, so code written for
-  ``tornado.process.fork_processes`` behaves the same (same return values, same restart
-  counting), and gains what tornado lacks: SIGTERM to the master stops every worker, giving up
-  stops the healthy workers first, a killed master takes its workers with it.
-* :class:`Supervisor`, configured by a :class:`RestartPolicy`, adds a restart budget as a rate,
-  exponential backoff, boot-failure detection, readiness, rolling restarts and scaling::
-
-      supervisor = Supervisor(4, policy=RestartPolicy(restart_burst=5, restart_interval=10))
-      worker = supervisor.run()          # returns the task id in each worker
-      if worker is None:                 # the master: the service has stopped
-          sys.exit(0)
-      serve(listening_socket)            # worker code; call notify_worker_ready() once serving
-
-The master blocks in ``poll`` on a signal wake-up fd and a readiness pipe, never polling on a
-timer: its idle CPU is zero.  Signal handlers only record the signal; the loop dispatches them to
-one method each (``handle_term``, ``handle_hup``...), gunicorn's arbiter model:
-
-* TERM / INT: graceful stop (TERM to every worker, KILL after ``graceful_timeout``); a second
-  TERM / INT, or QUIT, kills them at once.
-* HUP: rolling restart, one worker at a time, never fewer workers than before.
-* TTIN / TTOU: one worker more / fewer (never fewer than one).
-* CHLD: wakes the loop, which reaps every child with ``waitpid(-1, WNOHANG)`` -- unknown ones
-  too (orphans reparented to a master that is pid 1 or a subreaper), so no zombie accumulates.
+:class:`Supervisor` forks the workers (from one place, at the top of its loop), reaps every child,
+hands each worker exit to :class:`~daemonctx.supervisor.policy.RestartBudget` for a decision,
+drives a :class:`~daemonctx.supervisor.rolling.RollingRestart` on SIGHUP, and reports readiness
+once every worker is ready.  :func:`fork_processes` is tornado's entry point over it.  The master
+blocks in ``poll`` on a signal wake-up fd and the workers' readiness pipe; signal handlers only
+record the signal, and the loop dispatches it to one ``handle_<signal>`` method (gunicorn's
+arbiter model).
 """
 
 from __future__ import annotations
@@ -36,34 +18,27 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
-from types import FrameType, ModuleType
-from typing import Any, Literal, NoReturn
+from types import FrameType
+from typing import Any
 
-from daemonctx import _os, handshake
+from daemonctx import _os, handshake, steps
 from daemonctx._signal_module import signal as c_signal  # no enum conversions on hot paths
 from daemonctx.errors import DaemonError, DaemonOptionError
+from daemonctx.supervisor import worker as worker_side
+from daemonctx.supervisor.policy import (
+    RestartBudget,
+    RestartPolicy,
+    SlotHistory,
+    WorkerExit,
+    _check_seconds,
+    _option_error,
+)
+from daemonctx.supervisor.rolling import Finished, Retire, RollingRestart, StartSuccessor
 
-if sys.platform.startswith("linux"):
-    # Loaded with the module, not when the service starts: PR_SET_PDEATHSIG goes through it,
-    # and a supervisor's start-up time is what a deploy or a restart waits for.
-    try:
-        _os.load_prctl()
-    except (OSError, AttributeError):
-        pass
+__all__ = ["Supervisor", "SupervisorError", "fork_processes"]
 
-__all__ = [
-    "RestartPolicy",
-    "Supervisor",
-    "SupervisorError",
-    "fork_processes",
-    "notify_worker_ready",
-    "parent_death_fd",
-    "task_id",
-]
-
-RestartMode = Literal["on-failure", "always"]
 WorkerStartHook = Callable[[int], object]
 WorkerExitHook = Callable[[int, int, int], object]
 _SignalHandler = Callable[[int, FrameType | None], Any] | int | None
@@ -73,15 +48,8 @@ _HANDLED_SIGNALS = (
     signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD,
 )
 
-# State of this process as a worker (set after the fork, in the child only).
-_task_id: int | None = None
-_ready_fd: int | None = None
-_parent_death_fd: int | None = None
 _fork_processes_called = False
 _running: Supervisor | None = None
-# False makes workers use the parent-death pipe watcher instead of PR_SET_PDEATHSIG, as on systems
-# without prctl; the test-suite sets it to exercise that path on Linux.
-_use_pdeathsig = True
 
 
 class SupervisorError(DaemonError, RuntimeError):
@@ -103,114 +71,6 @@ class SupervisorError(DaemonError, RuntimeError):
         self.exit_status = exit_status
 
 
-def _option_error(option: str, value: object, expected: str) -> DaemonOptionError:
-    return DaemonOptionError(f"{option}={value!r}: expected {expected}")
-
-
-def _check_count(option: str, value: object, minimum: int, allow_none: bool) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        none = "None or " if allow_none else ""
-        raise _option_error(option, value, f"{none}an integer >= {minimum}")
-
-
-def _check_seconds(option: str, value: object, minimum: float = 0.0,
-                   strictly: bool = False) -> None:
-    ok = (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-          and (value > minimum if strictly else value >= minimum))
-    if not ok:
-        relation = ">" if strictly else ">="
-        raise _option_error(option, value, f"a finite number of seconds {relation} {minimum}")
-
-
-@dataclass(frozen=True)
-class RestartPolicy:
-    """When a worker that ended is started again, and when the supervisor gives up instead.
-
-    Budgets count restarts over all workers.  When one is exhausted, or a worker fails to boot
-    more than ``boot_retries`` times in a row, the supervisor stops every worker gracefully and
-    raises :class:`SupervisorError` naming the worker and its exit status: a broken service
-    stops, visibly, instead of restarting in a tight loop forever.
-
-    The defaults are those of :class:`Supervisor`; :meth:`tornado` gives tornado's behaviour,
-    the default of :func:`fork_processes`.
-
-    Attributes:
-        restart: ``"on-failure"`` restarts a worker killed by a signal or exiting with a status not
-            in ``success_exit_statuses``; a worker that exits with a success status is not
-            restarted and its slot ends (tornado).  ``"always"`` restarts every exit.
-        success_exit_statuses: exit statuses that mean "done, do not restart" under
-            ``"on-failure"``.
-        max_restarts: lifetime limit on restarts; ``None``: no limit.  Exceeding it gives up with
-            tornado's message ``"Too many child restarts, giving up"``.
-        restart_burst, restart_interval: at most ``restart_burst`` restarts within any
-            ``restart_interval`` seconds (systemd's StartLimitBurst / StartLimitIntervalSec);
-            ``restart_burst=None`` disables this budget.
-        backoff_initial, backoff_factor, backoff_max: the first restart of a worker waits
-            ``backoff_initial`` seconds, each further one ``backoff_factor`` times longer, at most
-            ``backoff_max`` seconds.
-        backoff_reset_after: a worker that stayed up this long resets its backoff to the
-            start.
-        ready_on_start: ``True``: a worker counts as ready as soon as it is forked.  ``False``: a
-            worker is ready once it called :func:`notify_worker_ready`; the master reports the
-            service ready (:func:`daemonctx.handshake.notify_ready`, systemd READY=1) only when
-            every worker is.
-        start_period: a worker that dies within this many seconds of its start (or before it
-            was ready) failed to boot.
-        boot_retries: how many times in a row a worker that failed to boot is started again
-            (with backoff) before the service stops; 0 stops it at the first boot failure.
-            ``None`` treats boot failures like any other exit (tornado).
-    """
-
-    restart: RestartMode = "on-failure"
-    success_exit_statuses: frozenset[int] = frozenset({0})
-    max_restarts: int | None = None
-    restart_burst: int | None = 5
-    restart_interval: float = 10.0
-    backoff_initial: float = 0.1
-    backoff_factor: float = 2.0
-    backoff_max: float = 30.0
-    backoff_reset_after: float = 10.0
-    ready_on_start: bool = False
-    start_period: float = 1.0
-    boot_retries: int | None = 2
-
-    def __post_init__(self) -> None:
-        """Refuse values that cannot work, naming the field, the value and what is expected."""
-        if self.restart not in ("on-failure", "always"):
-            raise _option_error("RestartPolicy.restart", self.restart,
-                                "'on-failure' or 'always'")
-        statuses: object = self.success_exit_statuses
-        if not isinstance(statuses, frozenset | set | list | tuple) or not all(
-                isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= 255
-                for s in statuses):
-            raise _option_error("RestartPolicy.success_exit_statuses", statuses,
-                                "a set of exit statuses 0..255")
-        object.__setattr__(self, "success_exit_statuses", frozenset(statuses))
-        _check_count("RestartPolicy.max_restarts", self.max_restarts, 0, allow_none=True)
-        _check_count("RestartPolicy.restart_burst", self.restart_burst, 1, allow_none=True)
-        _check_seconds("RestartPolicy.restart_interval", self.restart_interval, strictly=True)
-        _check_seconds("RestartPolicy.backoff_initial", self.backoff_initial)
-        _check_seconds("RestartPolicy.backoff_factor", self.backoff_factor, minimum=1.0)
-        _check_seconds("RestartPolicy.backoff_max", self.backoff_max, minimum=self.backoff_initial)
-        _check_seconds("RestartPolicy.backoff_reset_after", self.backoff_reset_after)
-        _check_seconds("RestartPolicy.start_period", self.start_period)
-        _check_count("RestartPolicy.boot_retries", self.boot_retries, 0, allow_none=True)
-        if not isinstance(self.ready_on_start, bool):
-            raise _option_error("RestartPolicy.ready_on_start", self.ready_on_start,
-                                "True or False")
-
-    @classmethod
-    def tornado(cls, max_restarts: int | None = 100) -> RestartPolicy:
-        """Tornado's policy: restart failures at once, at most ``max_restarts`` times in all.
-
-        No rate budget, no backoff, no boot-failure detection, workers ready when forked.
-        """
-        return cls(max_restarts=max_restarts, restart_burst=None, backoff_initial=0.0,
-                   backoff_max=0.0, ready_on_start=True, start_period=0.0, boot_retries=None)
-
-
 @dataclass(eq=False)
 class _Worker:
     """A forked worker process the master has not reaped yet."""
@@ -219,9 +79,6 @@ class _Worker:
     pid: int
     started: float
     ready: bool
-    generation: int
-    successor_of: _Worker | None = None   # the worker it replaces in a rolling restart
-    superseded: bool = False              # replaced by a successor; stopped once that one is ready
     retiring: bool = False                # stopped on purpose: its exit is not restarted
     kill_at: float | None = None          # when SIGKILL follows the SIGTERM it was sent
 
@@ -231,10 +88,9 @@ class _Slot:
     """A task id the service wants a worker for, with its restart history."""
 
     task_id: int
+    history: SlotHistory
     current: _Worker | None = None
     restart_due: float | None = None
-    next_delay: float = 0.0
-    boot_failures: int = 0
 
 
 class _BecomeWorker(BaseException):
@@ -243,49 +99,6 @@ class _BecomeWorker(BaseException):
     def __init__(self, task_id: int) -> None:
         super().__init__(task_id)
         self.task_id = task_id
-
-
-def task_id() -> int | None:
-    """The task id of this worker (0..n-1), or ``None`` outside a worker (in the master too).
-
-    Same contract as ``tornado.process.task_id``.  A worker restarted after a crash, or replaced
-    by a rolling restart, gets the same task id as the one it replaces.
-    """
-    return _task_id
-
-
-def notify_worker_ready() -> bool:
-    """Tell the master that this worker is ready to serve; idempotent.
-
-    Call it once the worker can do its job (listening, configuration loaded).  Until then, its
-    death counts as a boot failure; the master reports the service ready only when every worker
-    is.  Returns ``True`` if the report was sent, ``False`` outside a worker, when the policy makes
-    workers ready on start, or when it was already sent.
-    """
-    global _ready_fd
-    fd = _ready_fd
-    if fd is None:
-        return False
-    _ready_fd = None
-    try:
-        os.write(fd, f"{os.getpid()}\n".encode())
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-    return True
-
-
-def parent_death_fd() -> int | None:
-    """A file descriptor that becomes readable (end of file) when this worker's master is gone.
-
-    On Linux every worker also gets ``PR_SET_PDEATHSIG`` and is killed when its master dies; on
-    other systems a thread of the worker watches this fd and sends the death signal.  An event
-    loop can watch it too (``loop.add_reader(parent_death_fd(), stop)``) to stop gracefully.
-    Only the master holds the pipe's write end, so end of file means the master is gone.  Never
-    read from it except to detect end of file.  ``None`` outside a worker.
-    """
-    return _parent_death_fd
 
 
 def fork_processes(num_processes: int | None = None, max_restarts: int | None = None, *,
@@ -326,10 +139,11 @@ def fork_processes(num_processes: int | None = None, max_restarts: int | None = 
     second time in a process raises :class:`SupervisorError`.
     """
     global _fork_processes_called
-    if _fork_processes_called or _task_id is not None:
+    current_task = worker_side.task_id()
+    if _fork_processes_called or current_task is not None:
         raise SupervisorError(
             "fork_processes() was already called in this process"
-            + (f" (this is worker {_task_id})" if _task_id is not None else "")
+            + (f" (this is worker {current_task})" if current_task is not None else "")
             + ": call it once, in the process that becomes the master")
     base = policy if policy is not None else RestartPolicy.tornado()
     known = {f.name for f in fields(RestartPolicy)}
@@ -421,8 +235,7 @@ class Supervisor:
                            ("on_worker_exit", on_worker_exit)):
             if hook is not None and not callable(hook):
                 raise _option_error(name, hook, "a callable or None")
-        valid_signals = set(signal.valid_signals())
-        if parent_death_signal not in valid_signals:
+        if parent_death_signal not in set(signal.valid_signals()):
             raise _option_error("parent_death_signal", parent_death_signal, "a signal number")
         if proc_title is not None and not isinstance(proc_title, str):
             raise _option_error("proc_title", proc_title, "a string or None")
@@ -437,10 +250,14 @@ class Supervisor:
         self.parent_death_signal = int(parent_death_signal)
         self.logger: str | Any = logger
         self._wording = _Wording()
+        self._budget = RestartBudget(self.policy)
         self._master_pid = 0
         self._ran = False
         self._slots: dict[int, _Slot] = {}
         self._workers: dict[int, _Worker] = {}
+        self._to_start: deque[_Slot] = deque()      # forked at the top of the loop, in order
+        self._successor_for: _Slot | None = None    # which of those replaces a rolling worker
+        self._rolling: RollingRestart | None = None
         self._pending_signals: deque[int] = deque()
         self._saved_handlers: dict[int, _SignalHandler] = {}
         self._saved_wakeup_fd = -1
@@ -452,14 +269,8 @@ class Supervisor:
         self._ready_buffer = b""
         self._poller: Any = None
         self._set_pdeathsig: Callable[[int], None] | None = None
-        self._handshake: ModuleType | None = None
-        self._restarts = 0
-        self._restart_times: deque[float] = deque()
-        self._generation = 0
-        self._rolling_old: _Worker | None = None
         self._stopping = False
         self._announced = False
-        self._reloading = False
         self._failure: SupervisorError | None = None
 
     @property
@@ -481,10 +292,8 @@ class Supervisor:
         self._check_can_run()
         try:
             self._start_master()
-            for slot_id in range(self.num_workers):
-                self._slots[slot_id] = _Slot(slot_id, next_delay=self.policy.backoff_initial)
-            for slot in list(self._slots.values()):
-                self._spawn(slot)
+            for task in range(self.num_workers):
+                self._add_slot(task)
             self._loop()
         except _BecomeWorker as become:
             return self._enter_worker(become.task_id)
@@ -514,17 +323,14 @@ class Supervisor:
             target(worker)
             status = 0
         except SystemExit as stop:
-            status = _exit_code_of(stop)
+            status = worker_side.exit_code_of(stop)
         except BaseException:
-            _print_exception()
+            worker_side.print_exception()
         finally:
-            _flush_std_streams()
+            steps.flush_standard_streams()
             os._exit(status)
 
     # -- signal handlers, run by the loop (never inside the signal handler itself) -----------
-
-    def _log(self, level: str, message: str, *args: object) -> None:
-        _log_to(self.logger, level, message, *args)
 
     def handle_term(self) -> None:
         """SIGTERM: stop gracefully; if already stopping, kill every worker now."""
@@ -546,10 +352,13 @@ class Supervisor:
         """
         if self._stopping:
             return
-        self._generation += 1
         self._log("info", "rolling restart of %d workers requested", len(self._slots))
-        if self._announced and not self._reloading:
-            self._reloading = True
+        now = time.monotonic()
+        if self._rolling is not None:
+            self._rolling.widen(self._slots, now)
+            return
+        self._rolling = RollingRestart(self._slots, now, announce=self._announced)
+        if self._announced:
             _notify_systemd(reloading=True)
 
     def handle_ttin(self) -> None:
@@ -558,10 +367,8 @@ class Supervisor:
             return
         busy = set(self._slots) | {w.task_id for w in self._workers.values()}
         new_id = next(i for i in range(len(busy) + 1) if i not in busy)
-        slot = _Slot(new_id, next_delay=self.policy.backoff_initial)
-        self._slots[new_id] = slot
         self._log("info", "adding worker %d (SIGTTIN)", new_id)
-        self._spawn(slot)
+        self._add_slot(new_id)
 
     def handle_ttou(self) -> None:
         """SIGTTOU: retire the worker with the highest task id, unless it is the last one."""
@@ -571,7 +378,9 @@ class Supervisor:
             self._log("info", "SIGTTOU ignored: the service is down to one worker")
             return
         retired = max(self._slots)
-        del self._slots[retired]
+        slot = self._slots.pop(retired)
+        if slot in self._to_start:
+            self._to_start.remove(slot)
         self._log("info", "retiring worker %d (SIGTTOU)", retired)
         now = time.monotonic()
         for worker in list(self._workers.values()):
@@ -585,9 +394,10 @@ class Supervisor:
 
     def _check_can_run(self) -> None:
         global _running
-        if _task_id is not None:
-            raise SupervisorError(f"Supervisor.run() called inside worker {_task_id}: a worker"
-                                  " cannot supervise workers of its own")
+        current_task = worker_side.task_id()
+        if current_task is not None:
+            raise SupervisorError(f"Supervisor.run() called inside worker {current_task}: a"
+                                  " worker cannot supervise workers of its own")
         if self._ran:
             raise SupervisorError("Supervisor.run() was already called on this supervisor:"
                                   " create a new Supervisor")
@@ -611,19 +421,18 @@ class Supervisor:
         # Everything a worker needs is loaded here, once, so a fork costs no import, and a
         # master inside a chroot (or running as a user who cannot read the Python installation)
         # never has to import a module later.  Logging goes through `logging` only if the
-        # application loaded it (see _log): importing it here would slow every fork.
+        # application loaded it (see _log_to): importing it here would slow every fork.
         if "NOTIFY_SOCKET" in os.environ:
             __import__("daemonctx.systemd")
             __import__("socket")
-        self._handshake = handshake
-        self._set_pdeathsig = _load_pdeathsig_setter()
+        self._set_pdeathsig = worker_side.load_pdeathsig_setter()
         for signum in _HANDLED_SIGNALS:
             self._saved_handlers[signum] = c_signal.signal(signum, self._record_signal)
         self._poller = select.poll()
         self._poller.register(self._wakeup_r, select.POLLIN)
         self._poller.register(self._ready_r, select.POLLIN)
         if self.proc_title is not None:
-            _set_proc_title(f"{self.proc_title} master")
+            worker_side.set_proc_title(f"{self.proc_title} master")
         self._log("info", *self._wording.starting(self.num_workers))
 
     def _internal_pipe(self, *, blocking: bool) -> tuple[int, int]:
@@ -652,6 +461,9 @@ class Supervisor:
     def _record_signal(self, signum: int, frame: FrameType | None) -> None:
         self._pending_signals.append(signum)
 
+    def _log(self, level: str, message: str, *args: object) -> None:
+        _log_to(self.logger, level, message, *args)
+
     # -- the loop ----------------------------------------------------------------------------
 
     def _loop(self) -> None:
@@ -661,6 +473,8 @@ class Supervisor:
             self._collect_exits(now)
             self._fire_timers(now)
             self._advance_rolling_restart(now)
+            if self._start_workers():
+                continue  # a worker ready when forked may let a rolling restart go on at once
             self._announce_ready_once()
             if not self._workers and (self._stopping or not self._slots):
                 return
@@ -707,14 +521,35 @@ class Supervisor:
         for slot in list(self._slots.values()):
             if slot.restart_due is not None and now >= slot.restart_due:
                 slot.restart_due = None
-                self._spawn(slot)
+                self._to_start.append(slot)
 
-    # -- forking a worker ----------------------------------------------------------------------
+    # -- forking workers: the one place ------------------------------------------------------
 
-    def _spawn(self, slot: _Slot, successor_of: _Worker | None = None) -> None:
-        if self._stopping:
-            return
-        _flush_std_streams()
+    def _add_slot(self, task: int) -> None:
+        slot = _Slot(task, self._budget.new_slot())
+        self._slots[task] = slot
+        self._to_start.append(slot)
+
+    def _start_workers(self) -> bool:
+        """Fork every worker asked for since the last time round the loop; True if any."""
+        started = False
+        while self._to_start and not self._stopping:
+            slot = self._to_start.popleft()
+            if self._slots.get(slot.task_id) is not slot:
+                continue  # retired by SIGTTOU meanwhile
+            worker = self._fork_worker(slot.task_id)
+            if worker is None:
+                return started
+            slot.current = worker
+            if self._successor_for is slot:
+                self._successor_for = None
+                if self._rolling is not None:
+                    self._rolling.started(worker)
+            started = True
+        return started
+
+    def _fork_worker(self, task: int) -> _Worker | None:
+        steps.flush_standard_streams()
         # Handled signals stay blocked across the fork, so that one arriving in the new worker
         # before its handlers are restored is delivered to the restored handler, not recorded
         # into the master's queue copy and lost.
@@ -723,50 +558,27 @@ class Supervisor:
             pid = os.fork()
         except OSError as error:
             c_signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
-            self._give_up(f"could not fork worker {slot.task_id}: {error}", task=slot.task_id)
-            return
+            self._give_up(f"could not fork worker {task}: {error}", task=task)
+            return None
         if pid == 0:
-            self._become_worker(slot.task_id, previous_mask)
+            self._become_worker(task, previous_mask)
         c_signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
-        worker = _Worker(slot.task_id, pid, started=time.monotonic(),
-                         ready=self.policy.ready_on_start, generation=self._generation,
-                         successor_of=successor_of)
+        worker = _Worker(task, pid, started=time.monotonic(), ready=self.policy.ready_on_start)
         self._workers[pid] = worker
-        slot.current = worker
-        self._log("info", "worker %d started (pid %d)", slot.task_id, pid)
+        self._log("info", "worker %d started (pid %d)", task, pid)
+        return worker
 
-    def _become_worker(self, task: int, signal_mask: Iterable[int]) -> NoReturn:
-        global _task_id, _ready_fd, _parent_death_fd
-        try:
-            if self._set_pdeathsig is not None:
-                self._set_pdeathsig(self.parent_death_signal)
-            if os.getppid() != self._master_pid:
-                # The master died before PR_SET_PDEATHSIG took effect: no signal will come.
-                os._exit(1)
-            c_signal.set_wakeup_fd(self._saved_wakeup_fd)
-            for signum, handler in self._saved_handlers.items():
-                c_signal.signal(signum, signal.SIG_DFL if handler is None else handler)
-            keep = {self._death_r}
-            if not self.policy.ready_on_start:
-                keep.add(self._ready_w)
-            for fd in self._internal_fds:
-                if fd not in keep:
-                    os.close(fd)
-            assert self._handshake is not None
-            self._handshake.close_in_child()
-            # The master's bookkeeping means nothing here.
-            self._workers, self._slots, self._rolling_old = {}, {}, None
-            self._pending_signals.clear()
-            _task_id = task
-            _ready_fd = None if self.policy.ready_on_start else self._ready_w
-            _parent_death_fd = self._death_r
-            if self._set_pdeathsig is None:
-                _start_parent_death_watcher(self._death_r, self.parent_death_signal)
-            if self.proc_title is not None:
-                _set_proc_title(f"{self.proc_title} worker {task}")
-            c_signal.pthread_sigmask(signal.SIG_SETMASK, signal_mask)
-        except BaseException:
-            _report_and_exit()
+    def _become_worker(self, task: int, signal_mask: list[int] | set[int]) -> None:
+        # The master's bookkeeping means nothing in the worker.
+        self._workers, self._slots, self._rolling = {}, {}, None
+        self._to_start.clear()
+        self._pending_signals.clear()
+        worker_side.set_up(
+            task, master_pid=self._master_pid, pdeathsig=self._set_pdeathsig,
+            death_signal=self.parent_death_signal, wakeup_fd=self._saved_wakeup_fd,
+            handlers=self._saved_handlers, internal_fds=self._internal_fds,
+            ready_w=None if self.policy.ready_on_start else self._ready_w,
+            death_r=self._death_r, proc_title=self.proc_title, signal_mask=signal_mask)
         raise _BecomeWorker(task)
 
     def _enter_worker(self, task: int) -> int:
@@ -774,7 +586,7 @@ class Supervisor:
             try:
                 self.on_worker_start(task)
             except BaseException:
-                _report_and_exit()
+                worker_side.report_and_exit()
         return task
 
     # -- reaping and restarting ------------------------------------------------------------------
@@ -809,133 +621,91 @@ class Supervisor:
             worker = self._workers.get(int(line)) if line.strip().isdigit() else None
             if worker is not None and not worker.ready:
                 worker.ready = True
-                worker.successor_of = None
                 self._log("info", "worker %d (pid %d) is ready", worker.task_id, worker.pid)
 
     def _handle_exit(self, pid: int, status: int, now: float) -> None:
         worker = self._workers.pop(pid, None)
+        code = os.waitstatus_to_exitcode(status)
         if worker is None:
             # An orphan reparented to us, or a child the application started: reaped all the same.
             self._log("debug", "reaped unknown child %d (%s)", pid,
-                      _os.describe_wait_status(os.waitstatus_to_exitcode(status)))
+                      _os.describe_wait_status(code))
             return
-        code = os.waitstatus_to_exitcode(status)
         if self.on_worker_exit is not None:
             try:
                 self.on_worker_exit(worker.task_id, pid, code)
             except Exception:
                 self._log("exception", "on_worker_exit(%d, %d, %d) failed",
                           worker.task_id, pid, code)
-        if self._rolling_old is worker:
-            self._rolling_old = None
+        keep = self._rolling.exited(worker) if self._rolling is not None else None
         slot = self._slots.get(worker.task_id)
+        if keep is not None and slot is not None:
+            self._abandon_rolling_restart(slot, worker, keep, code)
+            return
         if self._stopping or worker.retiring or slot is None or slot.current is not worker:
             level = "info" if self._stopping or worker.retiring else "warning"
             self._log(level, *self._wording.exited(worker.task_id, pid, code))
             return
         slot.current = None
-        old = worker.successor_of
-        if old is not None and not worker.ready and old.pid in self._workers and not old.retiring:
-            self._abort_rolling_restart(slot, worker, old, code)
-            return
         self._handle_slot_exit(slot, worker, code, now)
 
-    def _abort_rolling_restart(self, slot: _Slot, failed: _Worker, old: _Worker,
-                               code: int) -> None:
-        old.superseded = False
-        slot.current = old
-        self._rolling_old = None
-        for worker in self._workers.values():
-            worker.generation = self._generation
-        message = (f"rolling restart abandoned: replacement worker {failed.task_id} (pid"
-                   f" {failed.pid}) {_os.describe_wait_status(code)} before it was ready; the old"
-                   " workers keep serving")
-        self._log("error", "%s", message)
-        if self._reloading:
-            self._reloading = False
-            _notify_systemd(ready=True, status=message)
-
     def _handle_slot_exit(self, slot: _Slot, worker: _Worker, code: int, now: float) -> None:
-        policy = self.policy
         exited = self._wording.exited(worker.task_id, worker.pid, code)
-        what = exited[0] % exited[1:]
-        if policy.restart == "on-failure" and code in policy.success_exit_statuses:
+        decision = self._budget.decide(slot.history, WorkerExit(
+            worker.task_id, worker.pid, code, worker.ready, now - worker.started,
+            exited[0] % exited[1:]), now)
+        if decision.action == "done":
             del self._slots[slot.task_id]
             self._log("info", *self._wording.finished(worker.task_id, worker.pid, code))
-            return
-        uptime = now - worker.started
-        if policy.boot_retries is not None and (not worker.ready or uptime < policy.start_period):
-            slot.boot_failures += 1
-            if slot.boot_failures > policy.boot_retries:
-                when = "before it was ready" if not worker.ready else f"{uptime:.2f} s after start"
-                self._give_up(
-                    f"{what} {when}: it failed to boot {slot.boot_failures} time(s) in a row"
-                    f" (boot_retries={policy.boot_retries}); stopped every worker -- fix the"
-                    " worker's start-up, or raise boot_retries if the failure is transient",
-                    task=worker.task_id, pid=worker.pid, code=code)
-                return
-        else:
-            slot.boot_failures = 0
-        if uptime >= policy.backoff_reset_after:
-            slot.next_delay = policy.backoff_initial
-        self._restarts += 1
-        if policy.max_restarts is not None and self._restarts > policy.max_restarts:
-            self._give_up(
-                f"Too many child restarts, giving up: {what} after {policy.max_restarts}"
-                f" restarts (max_restarts={policy.max_restarts}); stopped every worker",
-                task=worker.task_id, pid=worker.pid, code=code)
-            return
-        if policy.restart_burst is not None:
-            while self._restart_times and now - self._restart_times[0] > policy.restart_interval:
-                self._restart_times.popleft()
-            if len(self._restart_times) >= policy.restart_burst:
-                self._give_up(
-                    f"restart budget exhausted: {what} after {len(self._restart_times)} restarts"
-                    f" within {policy.restart_interval:g} s (restart_burst="
-                    f"{policy.restart_burst}, restart_interval={policy.restart_interval:g});"
-                    " stopped every worker -- fix the crash, or raise the budget",
-                    task=worker.task_id, pid=worker.pid, code=code)
-                return
-            self._restart_times.append(now)
-        delay = slot.next_delay
-        slot.next_delay = min(max(delay * policy.backoff_factor, policy.backoff_initial),
-                              policy.backoff_max)
-        if delay > 0:
-            self._log("warning", exited[0] + ", restarting in %.2f s", *exited[1:], delay)
+        elif decision.action == "give-up":
+            self._give_up(decision.message, task=worker.task_id, pid=worker.pid, code=code)
+        elif decision.delay > 0:
+            self._log("warning", exited[0] + ", restarting in %.2f s", *exited[1:],
+                      decision.delay)
+            slot.restart_due = now + decision.delay
         else:
             self._log("warning", exited[0] + ", restarting", *exited[1:])
-        if delay <= 0:
-            self._spawn(slot)
-        else:
-            slot.restart_due = now + delay
+            self._to_start.append(slot)
 
     # -- rolling restart, readiness, stopping -------------------------------------------------
 
     def _advance_rolling_restart(self, now: float) -> None:
-        if self._stopping:
+        rolling = self._rolling
+        if rolling is None or self._stopping or self._successor_for is not None:
             return
-        old = self._rolling_old
-        if old is not None:
-            slot = self._slots.get(old.task_id)
-            successor = slot.current if slot is not None else None
-            if not old.retiring and (slot is None or (successor is not None and successor.ready)):
-                self._terminate(old, now)
-            return
-        for task in sorted(self._slots):
-            slot = self._slots[task]
-            current = slot.current
-            if (current is not None and current.ready and not current.retiring
-                    and current.generation < self._generation):
-                current.superseded = True
-                self._rolling_old = current
-                self._log("info", "replacing worker %d (pid %d)", task, current.pid)
-                self._spawn(slot, successor_of=current)
-                return
-        if self._reloading and self._all_ready() and all(
-                w.generation >= self._generation for w in self._workers.values()):
-            self._reloading = False
+
+        def current_of(task: int) -> _Worker | None:
+            slot = self._slots.get(task)
+            return slot.current if slot is not None else None
+
+        action = rolling.next_action(current_of)
+        if isinstance(action, StartSuccessor):
+            self._log("info", "replacing worker %d (pid %d)", action.task_id,
+                      current_of(action.task_id).pid)  # type: ignore[union-attr]
+            slot = self._slots[action.task_id]
+            self._successor_for = slot
+            self._to_start.append(slot)
+        elif isinstance(action, Retire):
+            old = action.worker
+            assert isinstance(old, _Worker)
+            self._terminate(old, now)
+        elif isinstance(action, Finished):
+            self._rolling = None
             self._log("info", "rolling restart complete")
-            _notify_systemd(ready=True)
+            if rolling.announce:
+                _notify_systemd(ready=True)
+
+    def _abandon_rolling_restart(self, slot: _Slot, failed: _Worker, old: object,
+                                 code: int) -> None:
+        assert isinstance(old, _Worker)
+        rolling, self._rolling = self._rolling, None
+        slot.current = old
+        message = (f"rolling restart abandoned: replacement worker {failed.task_id} (pid"
+                   f" {failed.pid}) {_os.describe_wait_status(code)} before it was ready; the old"
+                   " workers keep serving")
+        self._log("error", "%s", message)
+        if rolling is not None and rolling.announce:
+            _notify_systemd(ready=True, status=message)
 
     def _all_ready(self) -> bool:
         return all(s.current is not None and s.current.ready for s in self._slots.values())
@@ -946,8 +716,7 @@ class Supervisor:
         if self._all_ready():
             self._announced = True
             self._log("info", "all %d workers are ready", len(self._slots))
-            assert self._handshake is not None
-            self._handshake.notify_ready()
+            handshake.notify_ready()
 
     def _terminate(self, worker: _Worker, now: float) -> None:
         worker.retiring = True
@@ -958,7 +727,8 @@ class Supervisor:
         if not self._stopping:
             self._log("info", "stopping %d workers", len(self._workers))
         self._stopping = True
-        self._rolling_old = None
+        self._rolling = None
+        self._to_start.clear()
         now = time.monotonic()
         for slot in self._slots.values():
             slot.restart_due = None
@@ -1013,7 +783,7 @@ def _log_to(logger: str | Any, level: str, message: str, *args: object) -> None:
         if level == "exception":
             error = sys.exc_info()[1]
             text += f": {type(error).__name__}: {error}"
-        _write_stderr(f"{logger}: {text}")
+        _os.write_all(2, f"{logger}: {text}\n".encode("utf-8", "replace"))
 
 
 class _Wording:
@@ -1056,92 +826,3 @@ def _kill(pid: int, signum: int) -> None:
         os.kill(pid, signum)
     except ProcessLookupError:
         pass
-
-
-def _exit_code_of(stop: SystemExit) -> int:
-    if stop.code is None:
-        return 0
-    if isinstance(stop.code, int):
-        return stop.code
-    print(stop.code, file=sys.stderr)
-    return 1
-
-
-def _flush_std_streams() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:
-                stream.flush()
-        except (OSError, ValueError):
-            pass
-
-
-def _report_and_exit() -> NoReturn:
-    """In a worker whose set-up failed: print the traceback and end with status 1."""
-    try:
-        _print_exception()
-        _flush_std_streams()
-    finally:
-        os._exit(1)
-
-
-def _print_exception() -> None:
-    """Print the exception being handled: a traceback if it can be imported, else one line.
-
-    Inside a chroot, or as a user who cannot read the Python installation, no module can be
-    imported any more; the error must still be seen.
-    """
-    try:
-        import traceback
-    except ImportError:
-        error = sys.exc_info()[1]
-        _write_stderr(f"{type(error).__name__}: {error}")
-        return
-    traceback.print_exc()
-
-
-def _write_stderr(text: str) -> None:
-    try:
-        os.write(2, (text + "\n").encode("utf-8", "replace"))
-    except OSError:
-        pass
-
-
-def _set_proc_title(title: str) -> None:
-    """Title the process if the optional setproctitle package is installed."""
-    try:
-        module = __import__("setproctitle")
-    except ImportError:
-        return
-    module.setproctitle(title)
-
-
-def _load_pdeathsig_setter() -> Callable[[int], None] | None:
-    """``prctl(PR_SET_PDEATHSIG, sig)``, loaded in the master; None off Linux."""
-    if not sys.platform.startswith("linux") or not _use_pdeathsig:
-        return None
-    try:
-        _os.load_prctl()
-    except (OSError, AttributeError):
-        return None
-    return _os.set_parent_death_signal
-
-
-def _start_parent_death_watcher(fd: int, signum: int) -> None:
-    """Where PR_SET_PDEATHSIG is missing: a thread that signals this worker at the pipe's EOF."""
-    import threading
-
-    def watch() -> None:
-        while True:
-            try:
-                if os.read(fd, 1):
-                    continue
-            except InterruptedError:
-                continue
-            except OSError:
-                return
-            os.kill(os.getpid(), signum)
-            return
-
-    threading.Thread(target=watch, name="daemonctx-parent-death", daemon=True).start()
-
