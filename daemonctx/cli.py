@@ -40,10 +40,10 @@ if TYPE_CHECKING:
     import argparse
 
     from daemonctx.context import DaemonContext
+    from daemonctx.control import StopSchedule
     from daemonctx.handshake import StartupReport
     from daemonctx.launcher import Launch, NotifyListener
     from daemonctx.pidfile import PIDFile
-    from daemonctx.runner import StopSchedule
 
 __all__ = ["EXIT_ERROR", "EXIT_NOTHING_DONE", "EXIT_OK", "EXIT_STILL_RUNNING", "main"]
 
@@ -56,15 +56,15 @@ EXIT_STILL_RUNNING = 2
 """stop: the daemon was still running when the schedule ran out."""
 EXIT_ERROR = 3
 """Anything else: bad input, not permitted, the program did not start."""
-STATUS_UNKNOWN = 4
+# LSB's "unknown" (daemonctx.status.STATUS_UNKNOWN): status's answer to bad input.  Not
+# imported from there: `import daemonctx.cli` stays light (see the module documentation).
+_STATUS_UNKNOWN = 4
 
 COMMANDS = ("start", "stop", "restart", "status", "reload", "signal")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_UMASK = 0o022
 DEFAULT_START_TIMEOUT = 60.0
 DEFAULT_SETTLE = 0.5
-DEFAULT_STOP_TIMEOUT = 30.0
-DEFAULT_KILL_TIMEOUT = 5.0
 # The program's copy of the pidfile descriptor is moved at or above this number, out of the
 # range (0-9) that shell redirections such as `exec 3>file` use, so a wrapper script does not
 # close the lock by accident.
@@ -190,7 +190,7 @@ class _Parser:
         _add_pidfile(stop)
         stop.add_argument("--signal", "-s", default="TERM", metavar="NAME",
                           help="the signal that asks the daemon to stop (default TERM)")
-        stop.add_argument("--timeout", "-t", type=float, default=DEFAULT_STOP_TIMEOUT,
+        stop.add_argument("--timeout", "-t", type=float, default=None,
                           metavar="S", help="seconds to wait before SIGKILL (default 30); "
                                             "then 5 s more for the kill")
         stop.add_argument("--retry", "-R", metavar="SCHEDULE", default=None,
@@ -307,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except (DaemonError, OSError) as exc:
         _error(command, _one_line(exc))
-        return STATUS_UNKNOWN if command == "status" else EXIT_ERROR
+        return _STATUS_UNKNOWN if command == "status" else EXIT_ERROR
 
 
 def _dispatch(args: list[str]) -> int:
@@ -340,7 +340,7 @@ def _dispatch(args: list[str]) -> int:
         import signal
 
         return _cmd_signal(namespace, int(signal.SIGHUP))
-    from daemonctx.runner import parse_signal
+    from daemonctx.control import parse_signal
 
     return _cmd_signal(namespace, parse_signal(namespace.signal_name, "signal NAME"))
 
@@ -715,10 +715,11 @@ def _preload_modules() -> None:
     import daemonctx._notify_keeper
     import daemonctx._os
     import daemonctx._proc
+    import daemonctx.control
     import daemonctx.errors
     import daemonctx.handshake
     import daemonctx.launcher
-    import daemonctx.runner
+    import daemonctx.status
 
     # prctl loaded now makes the launcher a subreaper before it forks: every process the
     # program orphans is then re-parented to it, however early (see daemonctx.launcher).
@@ -727,9 +728,9 @@ def _preload_modules() -> None:
 
 
 def _run_start(plan: _StartPlan) -> int:
+    from daemonctx.control import find_removed_pidfile_holder
     from daemonctx.launcher import NotifyListener
     from daemonctx.pidfile import PIDFile, PIDFileLockedError
-    from daemonctx.runner import find_removed_pidfile_holder
 
     _preload_modules()
     removed_holder = find_removed_pidfile_holder(plan.pidfile)
@@ -992,7 +993,7 @@ def _clean_up_failed_start(plan: _StartPlan, launch: Launch) -> str:
 
 def _forget_failed_start(plan: _StartPlan) -> None:
     """Remove the pidfile the failed program left (unlocked), so status says 'not running'."""
-    from daemonctx.runner import remove_stale_pidfile
+    from daemonctx.pidfile import remove_stale_pidfile
 
     # The launcher is inside the chroot (if any), like the daemon.
     remove_stale_pidfile(plan.daemon_pidfile if plan.chroot else plan.pidfile)
@@ -1001,11 +1002,18 @@ def _forget_failed_start(plan: _StartPlan) -> None:
 # --- stop, restart, status, signal ----------------------------------------------------------
 
 
-def _stop_schedule(retry: str | None, signal_text: str, timeout: float) -> StopSchedule:
+def _stop_schedule(retry: str | None, signal_text: str, timeout: float | None) -> StopSchedule:
     import signal
 
-    from daemonctx.runner import StopSchedule, parse_signal
+    from daemonctx.control import (
+        DEFAULT_KILL_TIMEOUT,
+        DEFAULT_STOP_TIMEOUT,
+        StopSchedule,
+        parse_signal,
+    )
 
+    if timeout is None:
+        timeout = DEFAULT_STOP_TIMEOUT
     if retry is not None:
         return StopSchedule.parse(retry, option="--retry")
     signum = parse_signal(signal_text, "--signal")
@@ -1016,33 +1024,30 @@ def _stop_schedule(retry: str | None, signal_text: str, timeout: float) -> StopS
 
 
 def _cmd_stop(ns: argparse.Namespace) -> int:
-    from daemonctx.runner import stop_daemon
+    from daemonctx.control import stop_daemon
 
     schedule = _stop_schedule(ns.retry, ns.signal, ns.timeout)
     result = stop_daemon(ns.pidfile, schedule)
-    if result.outcome == "stopped":
+    code = result.exit_status  # start-stop-daemon's: 0 stopped, 1 not running, 2 still running
+    if code == EXIT_NOTHING_DONE and ns.oknodo:
+        code = EXIT_OK
+    if code == EXIT_OK:
         _say(ns.verbose, "stop", result.message)
-        return EXIT_OK
-    if result.outcome == "not-running":
-        if ns.oknodo:
-            _say(ns.verbose, "stop", result.message)
-            return EXIT_OK
+    else:
         _error("stop", result.message)
-        return EXIT_NOTHING_DONE
-    _error("stop", result.message)
-    return EXIT_STILL_RUNNING
+    return code
 
 
 def _cmd_restart(ns: argparse.Namespace, program: list[str]) -> int:
+    from daemonctx.control import stop_daemon
     from daemonctx.pidfile import PIDFile
-    from daemonctx.runner import stop_daemon
 
     plan = _plan_start(ns, program)  # every option checked before anything is stopped
     # ... and checked as the new instance will need them (the pidfile's directory and the logs
     # for the program's user, say), so that a start bound to fail never stops the service.
     start = _CommandStart(plan, None, PIDFile(plan.daemon_pidfile))
     _command_context(start).check_options(running=True)
-    schedule = _stop_schedule(ns.retry, "TERM", DEFAULT_STOP_TIMEOUT)
+    schedule = _stop_schedule(ns.retry, "TERM", None)
     result = stop_daemon(plan.pidfile, schedule)
     if result.outcome == "still-running":
         _error("restart", result.message)
@@ -1055,7 +1060,7 @@ def _cmd_restart(ns: argparse.Namespace, program: list[str]) -> int:
 
 
 def _cmd_status(ns: argparse.Namespace) -> int:
-    from daemonctx.runner import daemon_status
+    from daemonctx.status import daemon_status
 
     status = daemon_status(ns.pidfile)
     if ns.json:
@@ -1068,7 +1073,7 @@ def _cmd_status(ns: argparse.Namespace) -> int:
 
 
 def _cmd_signal(ns: argparse.Namespace, signum: int) -> int:
-    from daemonctx.runner import signal_daemon, signal_name
+    from daemonctx.control import signal_daemon, signal_name
 
     pid = signal_daemon(ns.pidfile, signum)
     if pid is None:

@@ -241,8 +241,13 @@ class Launch:
         _os.write_all(self.go_w, b"g")
         os.close(self.go_w)
         self.go_w = -1
-        # Not waited for: the launcher usually exits now, and init reaps it; a launcher that
-        # stays (the command) reaps it with the other children it adopted.
+        if self.intermediate_pid is not None:
+            # It exits at once; waited for, so that when the start command returns nothing of
+            # the detach sequence is left but the daemon.
+            try:
+                os.waitpid(self.intermediate_pid, 0)
+            except ChildProcessError:
+                pass
 
     def collect_daemon_status(self, timeout: float = 2.0) -> None:
         """Learn the exited daemon's status: from its parent, the intermediate child, or by
@@ -254,13 +259,6 @@ class Launch:
         if line.startswith("exit ") and line[5:].lstrip("-").isdigit():
             self.daemon_status = int(line[5:])
             return
-        if self.go_w < 0 and self.intermediate_pid is not None:
-            # Released, the intermediate child is exiting; once it is reaped its children
-            # (the daemon, dead or alive) are re-parented, to us as subreaper.
-            try:
-                os.waitpid(self.intermediate_pid, 0)
-            except ChildProcessError:
-                pass
         try:
             reaped, status = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
@@ -372,8 +370,8 @@ class Launch:
         for pid in _proc.children(os.getpid()):
             if pid in self.children_before:
                 continue
-            if pid == self.intermediate_pid and self.go_w >= 0:
-                continue  # not released yet: it may still pass on the daemon's status
+            if pid == self.intermediate_pid:
+                continue  # release() reaps it; until then it may pass on the daemon's status
             try:
                 reaped, status = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:

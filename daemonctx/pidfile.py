@@ -94,6 +94,7 @@ __all__ = [
     "PIDFileUnsafeError",
     "TimeoutPIDLockFile",
     "holder_pid",
+    "remove_stale_pidfile",
 ]
 
 _OPEN_FLAGS = (
@@ -495,6 +496,40 @@ class TimeoutPIDLockFile(PIDFile):
         return 0.0 if wait is None or wait <= 0 else wait
 
 
+# --- removing a leftover ------------------------------------------------------------------
+
+
+def remove_stale_pidfile(path: str) -> bool:
+    """Remove the pidfile at ``path`` if nobody holds its lock; True if it was removed.
+
+    The file is locked for the removal (``flock`` on a read-only descriptor, then a check that
+    it is still the file at ``path``), so a file a daemon holds is never removed, and a starter
+    that opened the old file notices it was removed and starts over on a new one.  Unlike
+    :meth:`~daemonctx.pidfile.PIDFile.break_lock` this never writes to the file, so it also
+    removes a file owned by the daemon's (other) user.  Failures (not permitted, a read-only
+    directory) leave the file: an unlocked pidfile is harmless, the next start takes it over.
+    """
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        now = os.lstat(path)
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            return False
+        os.unlink(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # releases our lock
+
+
+
 # --- holder_pid -----------------------------------------------------------------------------
 
 
@@ -726,7 +761,8 @@ def _read_pid_file(path: str) -> int | None:
         os.close(fd)
 
 
-def _file_kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """``"directory"``, ``"FIFO"``, ``"symbolic link"``... for ``st_mode`` (for messages)."""
     kinds = ((stat.S_ISLNK, "symbolic link"), (stat.S_ISDIR, "directory"),
              (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
              (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
@@ -766,7 +802,7 @@ def _check_file(path: str, st: os.stat_result, dir_st: os.stat_result, uid: int)
     """Refuse what must never be opened or written as a pidfile (see the module docs)."""
     if not stat.S_ISREG(st.st_mode):
         raise PIDFileUnsafeError(
-            f"pidfile {path} is refused: it is a {_file_kind(st.st_mode)}, not a regular file; "
+            f"pidfile {path} is refused: it is a {file_kind(st.st_mode)}, not a regular file; "
             f"remove it or choose another path", path)
     if st.st_nlink > 1:
         raise PIDFileUnsafeError(

@@ -770,3 +770,15 @@ def test_stop_never_signals_a_process_that_locked_a_pidfile_it_did_not_write(wor
     assert status.returncode == 4
     proc.kill()
     proc.wait(10)
+
+
+@pytest.mark.parametrize("kind", ["directory", "FIFO"])
+def test_status_of_a_path_that_is_no_regular_file_is_unknown(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "app.pid"
+    if kind == "directory":
+        path.mkdir()
+    else:
+        os.mkfifo(path)
+    result = run_cli("status", "--pidfile", str(path))
+    assert result.returncode == 4, result.stdout
+    assert f"status unknown: {path} is a {kind}, not a pidfile" in result.stdout
