@@ -38,6 +38,7 @@ from daemonctx.errors import DaemonError, DaemonOptionError
 
 if TYPE_CHECKING:
     import argparse
+    import pwd
 
     from daemonctx.context import DaemonContext
     from daemonctx.control import StopSchedule
@@ -410,18 +411,24 @@ class _StartPlan(NamedTuple):
 
 def _plan_start(ns: argparse.Namespace, program: list[str]) -> _StartPlan:
     """Check every start option against the system; raise DaemonOptionError naming the option."""
+    from daemonctx import options
+
     timeout = _positive_seconds("--timeout", ns.timeout, allow_zero=False)
     settle = _positive_seconds("--wait", ns.wait, allow_zero=True)
     umask = _parse_umask(ns.umask)
     uid, gid, user_entry = _resolve_identity(ns.user, ns.group)
-    chroot = _existing_directory("--chroot", ns.chroot) if ns.chroot else None
-    workdir = _working_directory(ns.chdir, chroot)
+    chroot = options.existing_directory("--chroot", ns.chroot) if ns.chroot else None
+    workdir = "/" if ns.chdir is None else options.working_directory(
+        "--chdir", ns.chdir, chroot, root_option="--chroot")
     pidfile, daemon_pidfile = _pidfile_paths(ns.pidfile, chroot)
     stdout = _log_path("--stdout", ns.stdout) if ns.stdout else None
     stderr = _log_path("--stderr", ns.stderr) if ns.stderr else stdout
     env = _program_environment(ns, user_entry)
-    identity = None if uid is None else _Identity(uid, gid if gid is not None else 0,
-                                                  _groups_of(user_entry, gid))
+    identity = None
+    if uid is not None and gid is not None:
+        name = user_entry.pw_name if user_entry is not None else None
+        groups = options.supplementary_groups(uid, gid, name, initgroups=name is not None)
+        identity = _Identity(uid, gid, list(groups if groups is not None else (gid,)))
     executable = _resolve_command(program[0], env.get("PATH", ""), chroot, workdir, identity)
     return _StartPlan(
         command_name=ns.command, pidfile=pidfile, daemon_pidfile=daemon_pidfile, chroot=chroot,
@@ -432,7 +439,7 @@ def _plan_start(ns: argparse.Namespace, program: list[str]) -> _StartPlan:
 
 
 def _positive_seconds(option: str, value: float, *, allow_zero: bool) -> float:
-    from daemonctx.context import MAX_STARTUP_TIMEOUT
+    from daemonctx.options import MAX_STARTUP_TIMEOUT
 
     # `not <=` also refuses NaN; the cap keeps every wait within what select() accepts
     if not 0 <= value <= MAX_STARTUP_TIMEOUT or (value == 0 and not allow_zero):
@@ -456,11 +463,10 @@ def _parse_umask(text: str | None) -> int:
     return value
 
 
-def _resolve_identity(user: str | None, group: str | None) -> tuple[int | None, int | None,
-                                                                      object | None]:
+def _resolve_identity(user: str | None, group: str | None
+                      ) -> tuple[int | None, int | None, pwd.struct_passwd | None]:
     """(uid, gid, passwd entry) for --user/--group; None where not given."""
-    import grp
-    import pwd
+    from daemonctx.options import lookup_group, lookup_user
 
     if user is not None and ":" in user:
         user, _, group_part = user.partition(":")
@@ -468,29 +474,10 @@ def _resolve_identity(user: str | None, group: str | None) -> tuple[int | None, 
             raise DaemonOptionError("give the group either as --user USER:GROUP or as --group, "
                                     "not both")
         group = group_part or group
-    entry: pwd.struct_passwd | None = None
-    uid: int | None = None
-    if user is not None:
-        try:
-            entry = pwd.getpwnam(user)
-        except (KeyError, ValueError):  # ValueError: a NUL in the name
-            if not (user.isascii() and user.isdigit()):
-                raise DaemonOptionError(f"--user: unknown user {user!r}") from None
-            uid = int(user)
-            try:
-                entry = pwd.getpwuid(uid)
-            except KeyError:
-                entry = None
-        if entry is not None:
-            uid = entry.pw_uid
+    uid, entry = lookup_user("--user", user) if user is not None else (None, None)
     gid: int | None = None
     if group is not None:
-        try:
-            gid = grp.getgrnam(group).gr_gid
-        except (KeyError, ValueError):  # ValueError: a NUL in the name
-            if not (group.isascii() and group.isdigit()):
-                raise DaemonOptionError(f"--group: unknown group {group!r}") from None
-            gid = int(group)
+        gid = lookup_group("--group", group)
     elif uid is not None:
         if entry is None:
             raise DaemonOptionError(f"--user: uid {uid} has no passwd entry to take a group "
@@ -504,34 +491,6 @@ def _resolve_identity(user: str | None, group: str | None) -> tuple[int | None, 
     return uid, gid, entry
 
 
-def _existing_directory(option: str, path: str) -> str:
-    full = os.path.abspath(path)
-    if not os.path.isdir(full):
-        what = "is not a directory" if os.path.exists(full) else "does not exist"
-        raise DaemonOptionError(f"{option}: directory {full} {what}")
-    return full
-
-
-def _outside(chroot: str | None, inside: str) -> str:
-    """The host path of ``inside`` (an absolute path as seen from the chroot)."""
-    if chroot is None:
-        return inside
-    return os.path.join(chroot, inside.lstrip("/"))
-
-
-def _working_directory(chdir: str | None, chroot: str | None) -> str:
-    if chdir is None:
-        return "/"
-    if chroot is None:
-        return _existing_directory("--chdir", chdir)
-    inside = os.path.normpath(os.path.join("/", chdir))
-    host = _outside(chroot, inside)
-    if not os.path.isdir(host):
-        what = "is not a directory" if os.path.exists(host) else "does not exist"
-        raise DaemonOptionError(f"--chdir: directory {inside} inside --chroot {chroot} {what}")
-    return inside
-
-
 def _pidfile_paths(path: str, chroot: str | None) -> tuple[str, str]:
     full = os.path.abspath(path)
     directory = os.path.dirname(full)
@@ -541,11 +500,13 @@ def _pidfile_paths(path: str, chroot: str | None) -> tuple[str, str]:
                                 f"(writable by the daemon's user)")
     if chroot is None:
         return full, full
-    relative = os.path.relpath(full, chroot)
-    if relative == os.curdir or relative.startswith(os.pardir):
+    from daemonctx.options import path_in_root
+
+    inside = path_in_root(chroot, full)
+    if inside is None:
         raise DaemonOptionError(f"--pidfile: {full} is outside --chroot {chroot}; the daemon "
                                 f"could not reach it (put it inside, e.g. {chroot}/run/app.pid)")
-    return full, "/" + relative
+    return full, inside
 
 
 def _log_path(option: str, path: str) -> str:
@@ -558,7 +519,8 @@ def _log_path(option: str, path: str) -> str:
     return full
 
 
-def _program_environment(ns: argparse.Namespace, user_entry: object | None) -> dict[str, str]:
+def _program_environment(ns: argparse.Namespace,
+                         user_entry: pwd.struct_passwd | None) -> dict[str, str]:
     if ns.env_keep and not ns.clear_env:
         raise DaemonOptionError("--env-keep only makes sense with --clear-env (without it the "
                                 "whole environment is kept)")
@@ -572,9 +534,6 @@ def _program_environment(ns: argparse.Namespace, user_entry: object | None) -> d
     else:
         env = dict(os.environ)
     if user_entry is not None:
-        import pwd
-
-        assert isinstance(user_entry, pwd.struct_passwd)
         env.update(HOME=user_entry.pw_dir, USER=user_entry.pw_name,
                    LOGNAME=user_entry.pw_name)
     for item in ns.env:
@@ -593,15 +552,6 @@ class _Identity(NamedTuple):
     groups: list[int]
 
 
-def _groups_of(user_entry: object | None, gid: int | None) -> list[int]:
-    """The supplementary groups the program gets (those of --user, as initgroups sets them)."""
-    import pwd
-
-    if isinstance(user_entry, pwd.struct_passwd) and gid is not None:
-        return os.getgrouplist(user_entry.pw_name, gid)
-    return [] if gid is None else [gid]
-
-
 def _resolve_command(command: str, search_path: str, chroot: str | None, workdir: str,
                      identity: _Identity | None = None) -> str:
     """The path to exec, as the daemon sees it; checked to be executable by the program's user.
@@ -609,6 +559,8 @@ def _resolve_command(command: str, search_path: str, chroot: str | None, workdir
     With ``--user``, the check is made for that user (the permission bits of the file and of
     every directory on the way), not for the caller: root may execute what the user may not.
     """
+    from daemonctx.options import host_path
+
     if not command or "\0" in command:
         raise DaemonOptionError(f"command {command!r} is not a program name")
     if "/" in command:
@@ -616,7 +568,7 @@ def _resolve_command(command: str, search_path: str, chroot: str | None, workdir
             inside = os.path.abspath(command)
         else:
             inside = os.path.normpath(os.path.join(workdir, command))
-        problem = _not_executable(_outside(chroot, inside), identity)
+        problem = _not_executable(host_path(chroot, inside), identity)
         if problem:
             raise DaemonOptionError(f"command {command}: {problem}")
         return inside
@@ -625,7 +577,7 @@ def _resolve_command(command: str, search_path: str, chroot: str | None, workdir
         # An empty entry means the current directory, which for the daemon is workdir.
         directory = os.path.join(workdir, entry or ".")
         inside = os.path.normpath(os.path.join(directory, command))
-        problem = _not_executable(_outside(chroot, inside), identity)
+        problem = _not_executable(host_path(chroot, inside), identity)
         if problem is None:
             return inside
         if problem != "not found":

@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import atexit
 import os
-import pwd
 import sys
 
-from daemonctx import _os, handshake, steps
+from daemonctx import _os, handshake, options, steps
 from daemonctx._signal_module import signal
 from daemonctx.errors import (
     DaemonAlreadyOpenError,
     DaemonError,
-    DaemonOptionError,
     DaemonThreadWarning,
 )
 from daemonctx.launcher import Launch, LaunchInterrupted, keep_the_verdict
+from daemonctx.options import MAX_STARTUP_TIMEOUT
 from daemonctx.signals import default_signal_map, install_signal_handlers
-from daemonctx.signals import resolve_signal_map as _resolve_signal_map
 
 TYPE_CHECKING = False  # see daemonctx/__init__.py: typing is not imported at run time
 if TYPE_CHECKING:
@@ -30,56 +28,17 @@ if TYPE_CHECKING:
     from types import FrameType, TracebackType
     from typing import IO, Any, NoReturn
 
-    from daemonctx.signals import Handler
 
     StreamTarget = IO[Any] | str | os.PathLike[str] | int | None
 
 __all__ = ["MAX_STARTUP_TIMEOUT", "DaemonContext"]
 
 #: The longest ``startup_timeout`` accepted (a year); ``None`` waits without limit.
-MAX_STARTUP_TIMEOUT = 365 * 24 * 3600
-_STREAM_NAMES = ("stdin", "stdout", "stderr")
 # Signals the pid-1 reaper passes on to the application (see _run_as_init).
 _FORWARDED_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH")
 # The context open in this process, with the pid that opened it (a forked child is another
 # process: it may open a context of its own).
 _open_context: tuple[int, DaemonContext] | None = None
-
-
-class _Plan:
-    """Every option resolved and checked, before the first step changes anything."""
-
-    def __init__(self, chroot: str | None, workdir: str, umask: int, uid: int, gid: int,
-                 groups: list[int] | None, detach: bool, handlers: dict[int, Handler],
-                 keep_fds: set[int], activation_fds: set[int]) -> None:
-        self.chroot = chroot
-        self.workdir = workdir
-        self.umask = umask
-        self.uid = uid
-        self.gid = gid
-        self.groups = groups
-        self.detach = detach
-        self.handlers = handlers
-        self.keep_fds = keep_fds
-        self.activation_fds = activation_fds
-        self.stream_fds: list[int | None] = []
-        self.opened_fds: list[int] = []
-        self.created_files: list[tuple[str, os.stat_result]] = []
-
-    def close_opened(self) -> None:
-        for fd in self.opened_fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self.opened_fds.clear()
-
-    def undo(self) -> None:
-        """Leave nothing behind after a failed start: close our fds, remove files we created."""
-        self.close_opened()
-        for path, st in self.created_files:
-            _os.unlink_if_same(path, st)
-        self.created_files.clear()
 
 
 class DaemonContext:
@@ -144,7 +103,7 @@ class DaemonContext:
         self.uid: int | str = os.getuid() if uid is None else uid
         self.gid: int | str | None = gid
         if gid is None:
-            self.gid = os.getgid() if uid is None else _primary_gid_or_none(uid)
+            self.gid = os.getgid() if uid is None else options.primary_gid_or_none(uid)
         self.initgroups = initgroups
         self.prevent_core = prevent_core
         self.detach_process = steps.detach_needed() if detach_process is None else detach_process
@@ -197,13 +156,13 @@ class DaemonContext:
             return
         _refuse_nested(self)
         steps.ensure_standard_fds_open()
-        plan = self._prepare()
+        plan, opened = options.resolve(self)
         # Read now: before a chroot hides /proc, and before forking (after a fork each page
         # the daemon touches is copied).  Every fd open now may be owned by a Python object
         # the daemon keeps; the fds daemonctx keeps in the daemon are numbered above them.
         hint = steps.highest_open_fd()
         ignored = steps.ignored_signals(keep=plan.handlers)
-        waits = plan.detach and self.startup_timeout != 0
+        waits = plan.detach and plan.startup_timeout != 0
         try:
             if plan.detach or os.getpid() == 1:
                 _warn_about_threads()
@@ -211,13 +170,14 @@ class DaemonContext:
                 _load_prctl_for_chroot()
             self._run_steps_before_fork(plan)
         except BaseException:
-            plan.undo()
+            opened.undo()
             raise
+        keep = plan.keep_fds
         if plan.detach and not waits:
             steps.detach_process_context(lambda child_pid: os._exit(0))
         elif plan.detach:
-            launch = self._launch = Launch()
-            plan.keep_fds.add(launch.report_w)
+            launch = self._launch = Launch(plan.startup_timeout)
+            keep |= {launch.report_w}
             try:
                 steps.detach_process_context(self._run_launcher, announce=launch.announce)
             except BaseException:
@@ -227,13 +187,13 @@ class DaemonContext:
         elif os.getpid() == 1:
             _run_as_init()
         try:
-            self._run_steps_after_fork(plan, hint, ignored)
+            self._run_steps_after_fork(plan, opened, keep, hint, ignored)
         except BaseException as exc:
             if not plan.detach:
                 raise
             handshake.report_failure(exc)
             os._exit(1)
-        if not self.defer_ready:
+        if not plan.defer_ready:
             handshake.notify_ready()
 
     def close(self) -> None:
@@ -295,37 +255,37 @@ class DaemonContext:
 
     # --- the sequence -------------------------------------------------------------------
 
-    def _run_steps_before_fork(self, plan: _Plan) -> None:
+    def _run_steps_before_fork(self, plan: options.Plan) -> None:
         if plan.chroot is not None:
             steps.change_root_directory(plan.chroot)
-        if self.prevent_core:
+        if plan.prevent_core:
             steps.prevent_core_dump()
         steps.change_file_creation_mask(plan.umask)
         steps.change_working_directory(plan.workdir)
         steps.change_process_owner(plan.uid, plan.gid, plan.groups)
         steps.flush_standard_streams()
 
-    def _run_steps_after_fork(self, plan: _Plan, highest_fd: int | None,
+    def _run_steps_after_fork(self, plan: options.Plan, opened: options.Opened,
+                              keep: frozenset[int], highest_fd: int | None,
                               ignored_signals: list[int]) -> None:
         global _open_context
         steps.reset_inherited_signal_state(ignored_signals)
         install_signal_handlers(plan.handlers)
-        closed_up_to = steps.close_inherited_fds(plan.keep_fds, highest_fd)
+        closed_up_to = steps.close_inherited_fds(keep, highest_fd)
         # Python objects made before open() may still believe they own the numbers just
         # closed; what daemonctx keeps from here on (the report pipe, the pidfile's lock) is
         # numbered above them, so that collecting such an object cannot close it.
         _os.record_closed_fds(closed_up_to)
         handshake._keep_above_closed_fds()
-        for stream_fd, target in enumerate(plan.stream_fds):
-            if target is not None:
-                steps.redirect_stream(target, stream_fd)
-        plan.close_opened()
+        for stream_fd, target in enumerate(plan.streams):
+            steps.redirect_stream(target, stream_fd)
+        opened.close()
         if plan.activation_fds:
             # The sockets systemd passed are ours still: keep daemonctx.systemd.listen_fds()
             # (and any sd_listen_fds) working in the daemon, whose pid changed.
             os.environ["LISTEN_PID"] = str(os.getpid())
-        if self.pidfile is not None:
-            self.pidfile.__enter__()
+        if plan.pidfile is not None:
+            plan.pidfile.__enter__()
         self._is_open = True
         self._opener_pid = os.getpid()
         _open_context = (self._opener_pid, self)
@@ -339,7 +299,7 @@ class DaemonContext:
         assert launch is not None
         try:
             launch.begin(intermediate_pid)
-            report = launch.conclude(launch.wait(self.startup_timeout))
+            report = launch.conclude(launch.wait(launch.timeout))
         except LaunchInterrupted as stop:
             report = handshake.StartupReport(
                 "failed", launch.daemon_pid, f"interrupted by {stop.name} while waiting for "
@@ -380,317 +340,7 @@ class DaemonContext:
         checks what the new instance needs before it stops the old one.  Files the check
         created are removed again.
         """
-        self._prepare(pidfile_holder_ok=running).undo()
-
-    def _prepare(self, *, pidfile_holder_ok: bool = False) -> _Plan:
-        chroot = _optional_directory("chroot_directory", self.chroot_directory)
-        workdir = _working_directory(self.working_directory, chroot)
-        umask = _umask(self.umask)
-        uid, user_name, user_gid = _resolve_user(
-            self.uid, need_entry=self.gid is None or bool(self.initgroups))
-        gid = _resolve_group(self.gid if self.gid is not None else user_gid, self.uid)
-        groups = _supplementary_groups(uid, gid, user_name, bool(self.initgroups))
-        detach = bool(self.detach_process)
-        timeout = self.startup_timeout
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-            or not 0 <= timeout <= MAX_STARTUP_TIMEOUT  # also refuses NaN
-        ):
-            raise DaemonOptionError(
-                f"startup_timeout must be a number of seconds from 0 to "
-                f"{MAX_STARTUP_TIMEOUT} (a year), or None to wait as long as it takes, "
-                f"not {timeout!r}"
-            )
-        handlers = _resolve_signal_map(self.signal_map, self)
-        if "NOTIFY_SOCKET" in os.environ:
-            # Loaded now: after a chroot or a privilege drop the daemon may not be able to
-            # read the Python installation, and READY=1 / STOPPING=1 are sent from there.
-            __import__("daemonctx.systemd")
-            __import__("socket")
-        activation = _socket_activation_fds()
-        keep = _preserved_fds(self.files_preserve) | _logging_fds() | activation
-        command_lock = steps.daemonctx_command_lock_fd()
-        if command_lock is not None:
-            keep.add(command_lock)
-        plan = _Plan(chroot, workdir, umask, uid, gid, groups, detach, handlers, keep,
-                     activation)
-        try:
-            self._check_pidfile(plan, pidfile_holder_ok)
-            self._prepare_streams(plan)
-        except BaseException:
-            plan.undo()
-            raise
-        return plan
-
-    def _prepare_streams(self, plan: _Plan) -> None:
-        null_fd: int | None = None
-        for number, name in enumerate(_STREAM_NAMES):
-            target = getattr(self, name)
-            if target is None:
-                if null_fd is None:
-                    # Opened now, before any chroot, so a chroot without /dev/null works.
-                    null_fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-                    plan.opened_fds.append(null_fd)
-                    plan.keep_fds.add(null_fd)
-                plan.stream_fds.append(null_fd)
-            elif isinstance(target, (str, os.PathLike)):
-                fd = _open_stream_path(name, target, plan, writing=number > 0)
-                plan.stream_fds.append(fd)
-            else:
-                fd = _fd_of(name, target)
-                plan.keep_fds.add(fd)
-                plan.stream_fds.append(fd)
-
-    def _check_pidfile(self, plan: _Plan, holder_ok: bool = False) -> None:
-        pidfile = self.pidfile
-        if pidfile is None:
-            return
-        if not (hasattr(pidfile, "__enter__") and hasattr(pidfile, "__exit__")):
-            raise DaemonOptionError(
-                f"pidfile must be a context manager (e.g. daemonctx.PIDFile(path)), "
-                f"not {pidfile!r}"
-            )
-        preflight = getattr(pidfile, "preflight", None)
-        if preflight is not None:
-            groups = plan.groups if plan.groups is not None else os.getgroups()
-            extra = {"ignore_holder": True} if holder_ok else {}
-            preflight(uid=plan.uid, gid=plan.gid, groups=groups, root=plan.chroot,
-                      cwd=plan.workdir, **extra)
-
-
-# --- helpers: option resolution ----------------------------------------------------------
-
-
-def _fspath_option(name: str, value: object) -> str:
-    if not isinstance(value, (str, os.PathLike)):
-        raise DaemonOptionError(f"{name} must be a path, not {value!r}")
-    path = os.fspath(value)
-    if not isinstance(path, str) or not path or "\0" in path:
-        raise DaemonOptionError(f"{name} must be a non-empty text path, not {value!r}")
-    return path
-
-
-def _optional_directory(name: str, value: object) -> str | None:
-    if value is None:
-        return None
-    path = os.path.abspath(_fspath_option(name, value))
-    if not os.path.isdir(path):
-        what = "does not exist" if not os.path.exists(path) else "is not a directory"
-        raise DaemonOptionError(f"{name} {path!r} {what}")
-    return path
-
-
-def _working_directory(value: object, chroot: str | None) -> str:
-    path = _fspath_option("working_directory", value)
-    if chroot is None:
-        seen = os.path.abspath(path)
-        outside = seen
-    else:
-        seen = os.path.normpath(os.path.join("/", path))
-        outside = os.path.join(chroot, seen.lstrip("/"))
-    if not os.path.isdir(outside):
-        what = "does not exist" if not os.path.exists(outside) else "is not a directory"
-        where = f" inside chroot_directory {chroot!r}" if chroot else ""
-        raise DaemonOptionError(f"working_directory {path!r}{where} {what}")
-    return seen
-
-
-def _umask(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o777:
-        raise DaemonOptionError(f"umask must be an int from 0 to 0o777, not {value!r}")
-    return value
-
-
-def _primary_gid_or_none(uid: int | str) -> int | None:
-    try:
-        entry = pwd.getpwnam(uid) if isinstance(uid, str) else pwd.getpwuid(uid)
-    except (KeyError, TypeError, OverflowError, ValueError):
-        return None
-    return entry.pw_gid
-
-
-def _resolve_user(value: object, need_entry: bool = True) -> tuple[int, str | None, int | None]:
-    """Return (uid, user name or None, primary gid or None) for a uid or user name.
-
-    For a numeric uid the passwd database is read only when ``need_entry`` (for
-    ``initgroups`` or a default gid): a lookup is a measurable part of a fast start-up.
-    """
-    if isinstance(value, str):
-        try:
-            entry = pwd.getpwnam(value)
-        except (KeyError, ValueError):  # ValueError: a NUL in the name
-            if value.isascii() and value.isdigit():
-                return _resolve_user(int(value), need_entry)
-            raise DaemonOptionError(f"uid: unknown user {value!r}") from None
-        return entry.pw_uid, entry.pw_name, entry.pw_gid
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32 - 1:
-        raise DaemonOptionError(f"uid must be a user name or a uid number, not {value!r}")
-    if not need_entry:
-        return value, None, None
-    try:
-        entry = pwd.getpwuid(value)
-    except KeyError:
-        return value, None, None
-    return value, entry.pw_name, entry.pw_gid
-
-
-def _resolve_group(value: object, uid_option: object) -> int:
-    if value is None:
-        raise DaemonOptionError(
-            f"gid must be given: uid {uid_option!r} has no passwd entry to take a group from"
-        )
-    if isinstance(value, str):
-        import grp  # only for names: the import is a measurable part of a fast start-up
-
-        try:
-            return grp.getgrnam(value).gr_gid
-        except (KeyError, ValueError):  # ValueError: a NUL in the name
-            if value.isascii() and value.isdigit():
-                return _resolve_group(int(value), uid_option)
-            raise DaemonOptionError(f"gid: unknown group {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32 - 1:
-        raise DaemonOptionError(f"gid must be a group name or a gid number, not {value!r}")
-    return value
-
-
-def _supplementary_groups(
-    uid: int, gid: int, user_name: str | None, initgroups: bool
-) -> list[int] | None:
-    """The supplementary groups to set: the user's with ``initgroups``, else none.
-
-    Never the caller's: python-daemon keeps root's groups after dropping to another user.
-    ``None`` (leave them alone) when not root, since only root may set them.
-    """
-    if os.geteuid() != 0:
-        return None
-    if not initgroups:
-        return []
-    if user_name is None:
-        return [gid]
-    return os.getgrouplist(user_name, gid)
-
-
-def _fd_of(name: str, item: object) -> int:
-    """The fd behind ``item`` (an int or an object with ``fileno()``), checked to be open."""
-    if isinstance(item, bool):
-        raise DaemonOptionError(f"{name}: {item!r} is not a file descriptor or file object")
-    if isinstance(item, int):
-        fd = item
-    else:
-        fileno = getattr(item, "fileno", None)
-        if fileno is None or not callable(fileno):
-            raise DaemonOptionError(
-                f"{name}: {item!r} is neither a file descriptor nor has a fileno() method"
-            )
-        try:
-            fd = fileno()
-        except (OSError, ValueError) as exc:
-            raise DaemonOptionError(f"{name}: {item!r} has no file descriptor ({exc})") from None
-        if not isinstance(fd, int):
-            raise DaemonOptionError(f"{name}: {item!r}.fileno() returned {fd!r}, not an int")
-    try:
-        os.fstat(fd)
-    except (OSError, OverflowError):  # OverflowError: beyond a C int, so never open
-        raise DaemonOptionError(f"{name}: file descriptor {fd} ({item!r}) is not open") from None
-    return fd
-
-
-def _preserved_fds(files_preserve: object) -> set[int]:
-    if files_preserve is None:
-        return set()
-    try:
-        if isinstance(files_preserve, (str, bytes)):
-            raise TypeError
-        items = list(files_preserve)  # type: ignore[call-overload]
-    except TypeError:
-        raise DaemonOptionError(
-            f"files_preserve must be an iterable of fds or file objects, not {files_preserve!r}"
-        ) from None
-    return {_fd_of("files_preserve", item) for item in items if item is not None}
-
-
-def _logging_fds() -> set[int]:
-    """Fds of open :mod:`logging` handlers (files, sockets), so logging survives the detach."""
-    logging = sys.modules.get("logging")
-    if logging is None:
-        return set()
-    handlers: list[Any] = []
-    for ref in list(getattr(logging, "_handlerList", [])):
-        handler = ref() if callable(ref) else None
-        if handler is not None:
-            handlers.append(handler)
-    fds: set[int] = set()
-    for handler in handlers:
-        for attribute in ("stream", "socket"):
-            obj = getattr(handler, attribute, None)
-            fileno = getattr(obj, "fileno", None)
-            if fileno is None:
-                continue
-            try:
-                fd = fileno()
-                os.fstat(fd)
-            except (OSError, ValueError, TypeError, AttributeError):
-                continue
-            if isinstance(fd, int) and fd > 2:
-                fds.add(fd)
-    return fds
-
-
-def _socket_activation_fds() -> set[int]:
-    """Fds passed by systemd socket activation (LISTEN_FDS, for this pid), kept open."""
-    env = os.environ
-    count = env.get("LISTEN_FDS", "")
-    if env.get("LISTEN_PID") != str(os.getpid()) or not count.isdigit():
-        return set()
-    return set(range(3, 3 + int(count)))
-
-
-def _open_stream_path(name: str, target: str | os.PathLike[str], plan: _Plan,
-                      writing: bool) -> int:
-    """Open a ``stdin``/``stdout``/``stderr`` path in the launching process, for the daemon.
-
-    Root starting a daemon as another user opens the path with the daemon's user's rights
-    wherever some user other than root could change what it names (a log directory the daemon
-    may write, say): that user could otherwise plant a symbolic or hard link to a file only
-    root may write, and root would append to it.  In directories only root can change, root
-    opens it.
-    """
-    path = os.path.abspath(_fspath_option(name, target))
-    flags = os.O_CLOEXEC | os.O_NOCTTY | (
-        os.O_WRONLY | os.O_APPEND | os.O_CREAT if writing else os.O_RDONLY)
-    as_user = os.geteuid() == 0 and plan.uid != 0 and not _os.only_root_can_change(path)
-    try:
-        if as_user:
-            groups = plan.groups if plan.groups is not None else []
-            fd, created = _os.open_as_user(path, flags, 0o644, plan.uid, plan.gid, groups)
-        else:
-            fd, created = _open_creating(path, flags)
-    except OSError as exc:
-        mode = "appending" if writing else "reading"
-        if as_user:
-            raise DaemonOptionError(
-                f"{name}: the daemon's user (uid {plan.uid}) cannot open {path!r} for {mode}: "
-                f"{exc.strerror}; it is opened with that user's rights because a user other "
-                f"than root can change its directory: give the daemon's user access to it, or "
-                f"use a directory only root can write") from None
-        raise DaemonOptionError(
-            f"{name}: cannot open {path!r} for {mode}: {exc.strerror}"
-        ) from None
-    if created:  # removed again if the start fails
-        plan.created_files.append((path, os.fstat(fd)))
-    plan.opened_fds.append(fd)
-    plan.keep_fds.add(fd)
-    return fd
-
-
-def _open_creating(path: str, flags: int) -> tuple[int, bool]:
-    """``os.open``; with ``O_CREAT``, also whether this call created the file."""
-    if not flags & os.O_CREAT:
-        return os.open(path, flags), False
-    try:
-        return os.open(path, flags | os.O_EXCL, 0o644), True
-    except FileExistsError:
-        return os.open(path, flags & ~os.O_CREAT), False
+        options.resolve(self, pidfile_holder_ok=running)[1].undo()
 
 
 # --- helpers: nesting, threads, pid 1 -------------------------------------------------------

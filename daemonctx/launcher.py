@@ -94,7 +94,8 @@ class Launch:
     child go.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: float | None) -> None:
+        self.timeout = timeout  # how long wait() waits for the report (None: no limit)
         self.report_r, self.report_w = os.pipe()  # close-on-exec, as every fd Python makes
         self.pid_r, self.pid_w = os.pipe()  # the intermediate child's: the pid, then a status
         self.go_r, self.go_w = os.pipe()  # the launcher's verdict: the intermediate may go

@@ -84,6 +84,7 @@ import lockfile  # type: ignore[import-untyped]
 
 from daemonctx import _os
 from daemonctx.errors import DaemonError, DaemonOptionError
+from daemonctx.options import host_path
 
 __all__ = [
     "PIDFile",
@@ -387,7 +388,7 @@ class PIDFile:
         Symbolic links among the directories inside a chroot are followed from the host's
         root, not the chroot's, by this check; :meth:`acquire` in the daemon is exact.
         """
-        path = _resolve_inside(self.path, root, cwd)
+        path = host_path(root, self.path, cwd)
         directory = os.path.dirname(path)
         dir_st = _stat_directory(path, directory)
         _check_directory(path, directory, dir_st)
@@ -920,13 +921,6 @@ def _claim_locked_file(fd: int, path: str, st: os.stat_result, mode: int) -> Non
     except OSError as exc:
         raise PIDFileLockFailedError(
             f"cannot write pidfile {path}: {exc.strerror}", path, None, exc.errno) from exc
-
-
-def _resolve_inside(path: str, root: str | None, cwd: str) -> str:
-    resolved = os.path.normpath(os.path.join(cwd, path))
-    if root is None:
-        return os.path.abspath(resolved)
-    return os.path.join(os.path.abspath(root), resolved.lstrip("/"))
 
 
 def _check_search_permission(path: str, directory: str, root: str | None, uid: int, gid: int,

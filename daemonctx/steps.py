@@ -281,16 +281,6 @@ def is_socket_fd(fd: int) -> bool:
         return False
 
 
-def _parent_is_service_manager(ppid: int) -> bool:
-    if ppid == 1 or os.environ.get("MANAGERPID") == str(ppid):
-        return True
-    try:
-        with open(f"/proc/{ppid}/comm", encoding="utf-8", errors="replace") as comm:
-            return comm.read().strip() == "systemd"
-    except OSError:
-        return False
-
-
 def daemonctx_command_lock_fd() -> int | None:
     """The pidfile lock fd handed over by ``daemonctx start``, if this process got one.
 
@@ -318,10 +308,10 @@ def detach_needed() -> bool:
     """
     if os.getpid() == 1 or daemonctx_command_lock_fd() is not None:
         return False
-    ppid = os.getppid()
-    if ppid in (0, 1):
+    if os.getppid() in (0, 1):
         return False
-    env = os.environ
-    if ("INVOCATION_ID" in env or "NOTIFY_SOCKET" in env) and _parent_is_service_manager(ppid):
+    from daemonctx.systemd import started_by_service_manager
+
+    if started_by_service_manager():
         return False
     return not is_socket_fd(0)

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Literal
 
 from daemonctx import _os
 from daemonctx.errors import DaemonError, DaemonOptionError
 
+TYPE_CHECKING = False  # see daemonctx/__init__.py: typing is not imported at run time
 if TYPE_CHECKING:
     import socket
+    from typing import Literal
 
 __all__ = [
     "LISTEN_FDS_START",
@@ -50,6 +51,7 @@ __all__ = [
     "notify_quietly",
     "notify_raw",
     "notify_socket_path",
+    "passed_fd_numbers",
     "started_by_service_manager",
     "watchdog_interval",
 ]
@@ -161,20 +163,27 @@ def notify_socket_path() -> str | None:
 def started_by_service_manager() -> bool:
     """True if a service manager started this process directly and watches it as its main process.
 
-    That is: our parent is the manager -- pid 1, or ``$MANAGERPID`` (which a ``systemd --user``
-    instance sets) -- and the manager left one of its marks in our environment:
-    ``$INVOCATION_ID``, ``$NOTIFY_SOCKET``, or a ``$LISTEN_PID`` equal to our pid.  Such a process
-    must stay in the foreground: if it forked and exited, the manager would consider the service
-    finished.  ``DaemonContext`` uses this to decide not to detach.  The parent check keeps the
-    answer false in a child that merely inherited the variables (a shell started from a service).
+    That is: our parent is the manager -- pid 1, ``$MANAGERPID`` (which a ``systemd --user``
+    instance sets), or a process named ``systemd`` -- and the manager left one of its marks in
+    our environment: ``$INVOCATION_ID``, ``$NOTIFY_SOCKET``, or a ``$LISTEN_PID`` equal to our
+    pid.  Such a process must stay in the foreground: if it forked and exited, the manager would
+    consider the service finished.  ``DaemonContext`` uses this to decide not to detach.  The
+    parent check keeps the answer false in a child that merely inherited the variables (a shell
+    started from a service).
     """
-    ppid = os.getppid()
-    manager_pid = _env("MANAGERPID")
-    if ppid != 1 and not (manager_pid is not None and manager_pid == str(ppid)):
-        return False
-    if _env("INVOCATION_ID") is not None or _env("NOTIFY_SOCKET") is not None:
+    marked = (_env("INVOCATION_ID") is not None or _env("NOTIFY_SOCKET") is not None
+              or _env("LISTEN_PID") == str(os.getpid()))
+    return marked and _parent_is_service_manager(os.getppid())
+
+
+def _parent_is_service_manager(ppid: int) -> bool:
+    if ppid == 1 or _env("MANAGERPID") == str(ppid):
         return True
-    return _env("LISTEN_PID") == str(os.getpid())
+    try:
+        with open(f"/proc/{ppid}/comm", "rb") as comm:
+            return comm.read().strip() == b"systemd"
+    except OSError:
+        return False
 
 
 def booted() -> bool:
@@ -486,9 +495,32 @@ def is_socket_activated() -> bool:
     Only reads the environment: it neither changes the fds nor unsets anything, and a malformed
     variable gives False.  Use :func:`listen_fds` to take the fds.
     """
-    count = _env("LISTEN_FDS")
-    return (_env("LISTEN_PID") == str(os.getpid()) and count is not None
-            and count.isascii() and count.isdigit() and int(count) > 0)
+    return bool(passed_fd_numbers())
+
+
+def passed_fd_numbers() -> range:
+    """The fds the manager passed us (``range(3, 3 + $LISTEN_FDS)``), only reading variables.
+
+    Empty when ``$LISTEN_PID`` is not our pid or a variable is malformed: the one reader of
+    these variables, shared by :func:`listen_fds_with_names` (which also checks the fds and
+    unsets the variables) and ``DaemonContext`` (which keeps these fds open).
+    """
+    try:
+        return _listen_range()
+    except SystemdEnvironmentError:
+        return range(0)
+
+
+def _listen_range() -> range:
+    """The fds ``$LISTEN_PID``/``$LISTEN_FDS`` pass us; :class:`SystemdEnvironmentError` if
+    malformed; empty when they are absent or meant for another process."""
+    pid_text, count_text = _env("LISTEN_PID"), _env("LISTEN_FDS")
+    if pid_text is None or _parse_env_int("LISTEN_PID", pid_text, 1) != os.getpid():
+        return range(0)
+    if count_text is None:
+        return range(0)
+    count = _parse_env_int("LISTEN_FDS", count_text, 0)
+    return range(LISTEN_FDS_START, LISTEN_FDS_START + count)
 
 
 def listen_fds_with_names(unset_environment: bool = True) -> list[tuple[int, str]]:
@@ -509,14 +541,8 @@ def listen_fds_with_names(unset_environment: bool = True) -> list[tuple[int, str
     they promise is not open.
     """
     try:
-        pid_text = _env("LISTEN_PID")
-        if pid_text is None or _parse_env_int("LISTEN_PID", pid_text, 1) != os.getpid():
-            return []
-        count_text = _env("LISTEN_FDS")
-        if count_text is None:
-            return []
-        count = _parse_env_int("LISTEN_FDS", count_text, 0)
-        fds = range(LISTEN_FDS_START, LISTEN_FDS_START + count)
+        fds = _listen_range()
+        count, count_text = len(fds), _env("LISTEN_FDS")
         for fd in fds:  # fails at the first fd that is not open, before building any list
             try:
                 os.set_inheritable(fd, False)

@@ -464,13 +464,17 @@ def launch(reaper: Reaper, request: dict[str, Any]) -> dict[str, Any]:
         info = snapshot(pid, pidfile)
         target = info.get(kill["target"])
         if target is not None and target[1] != "Z":
-            victim = target[0]
-            pidfd = os.pidfd_open(victim)
             try:
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-                select.select([pidfd], [], [], 30.0)  # dead (its lock released) on return
-            finally:
-                os.close(pidfd)
+                pidfd = os.pidfd_open(target[0])
+            except ProcessLookupError:
+                pidfd = None  # it exited since the snapshot: nothing to kill
+            if pidfd is not None:
+                victim = target[0]
+                try:
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                    select.select([pidfd], [], [], 30.0)  # dead (its lock released) on return
+                finally:
+                    os.close(pidfd)
         info["kill_at_us"] = int((time.monotonic() - started) * 1e6)
     missing = reaper.wait([pid], 60.0)
     elapsed = time.monotonic() - started
