@@ -795,22 +795,17 @@ class _CommandStart:
 
 
 def _command_context(start: _CommandStart) -> DaemonContext:
-    """A DaemonContext for the plan whose launcher hands the report to ``start``."""
+    """A DaemonContext for the plan, whose launcher hands the report to ``start``."""
     from daemonctx.context import DaemonContext
 
-    class CommandContext(DaemonContext):
-        def on_startup_report(self, report: StartupReport) -> NoReturn:
-            assert self._launch is not None
-            start.finish(report, self._launch)
-
     plan = start.plan
-    return CommandContext(
+    return DaemonContext(
         chroot_directory=plan.chroot, working_directory=plan.workdir, umask=plan.umask,
         uid=plan.uid, gid=plan.gid, initgroups=plan.initgroups,
         # The program's own business: no core-dump limit, default signal dispositions.
         prevent_core=False, signal_map={},
         detach_process=True, pidfile=start.pidfile, stdout=plan.stdout, stderr=plan.stderr,
-        startup_timeout=plan.timeout, defer_ready=True)
+        startup_timeout=plan.timeout, defer_ready=True, startup_policy=start.finish)
 
 
 def _judge_start(plan: _StartPlan, notify: NotifyListener | None, report: StartupReport,
@@ -829,118 +824,28 @@ def _judge_start(plan: _StartPlan, notify: NotifyListener | None, report: Startu
             return (EXIT_OK if plan.oknodo else EXIT_NOTHING_DONE), text, not plan.oknodo
         _forget_failed_start(plan)
         return EXIT_ERROR, text, True
-    pid, pidfd = report.pid, launch.daemon_pidfd
-    if pid is None or pidfd is None:
-        note = _clean_up_failed_start(plan, launch)
-        return EXIT_ERROR, f"cannot follow the program (no pidfd for pid {pid}){note}", True
+    pid = report.pid
+    if pid is None or launch.daemon_pidfd is None:
+        return EXIT_ERROR, (f"cannot follow the program (no pidfd for pid {pid})"
+                            f"{_clean_up_failed_start(plan, launch)}"), True
+    who = f"{os.path.basename(plan.argv[0])} (pid {pid})"
     if notify is not None:
-        failure = _await_ready(plan, notify, pid, pidfd, launch)
+        failure = launch.await_ready(notify, plan.timeout, who)
     else:
-        failure = _await_settle(plan, pid, pidfd, launch)
+        failure = launch.await_settle(plan.settle, who)
     if failure is not None:
-        return EXIT_ERROR, failure + _clean_up_failed_start(plan, launch) + _log_hint(plan), True
+        log_hint = f"; its output is in {plan.stderr}" if plan.stderr else ""
+        return EXIT_ERROR, failure + _clean_up_failed_start(plan, launch) + log_hint, True
     if notify is not None:
-        notify.hand_over(pidfd, plan.uid, plan.gid)
-        return EXIT_OK, f"started {_describe(plan, pid)}: READY=1", False
-    return EXIT_OK, f"started {_describe(plan, pid)}", False
-
-
-def _describe(plan: _StartPlan, pid: int) -> str:
-    return f"{os.path.basename(plan.argv[0])} (pid {pid})"
-
-
-def _log_hint(plan: _StartPlan) -> str:
-    return f"; its output is in {plan.stderr}" if plan.stderr else ""
-
-
-def _how_it_ended(launch: Launch) -> str:
-    """Reap the exited program (our child, as subreaper) and say how it ended."""
-    launch.wait_daemon_exit(0)
-    code = launch.daemon_status
-    if code is None:
-        return "(exit status unknown)"
-    if code < 0:
-        from daemonctx._os import signal_name
-
-        return f"killed by signal {-code} ({signal_name(-code)})"
-    return f"with status {code}"
-
-
-def _await_settle(plan: _StartPlan, pid: int, pidfd: int, launch: Launch) -> str | None:
-    """Without --notify: None if the program survives --wait seconds, else why not."""
-    import select
-
-    if plan.settle > 0 and select.select([pidfd], [], [], plan.settle)[0]:
-        return f"{_describe(plan, pid)} exited during start-up {_how_it_ended(launch)}"
-    return None
-
-
-def _await_ready(plan: _StartPlan, notify: NotifyListener, pid: int, pidfd: int,
-                 launch: Launch) -> str | None:
-    """With --notify: None once the program sent READY=1, else why it did not."""
-    import select
-    import time
-
-    from daemonctx.launcher import describe_errno
-
-    deadline = time.monotonic() + plan.timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        select.select([notify.fileno(), pidfd], [], [], remaining)
-        notify.receive()
-        status = _status_hint(notify.last_status)
-        if notify.errno_text is not None:
-            return (f"{_describe(plan, pid)} reported a start-up failure: "
-                    f"ERRNO={describe_errno(notify.errno_text)}{status}")
-        if notify.extension is not None:
-            deadline = max(deadline, time.monotonic() + notify.extension)
-            notify.extension = None
-        exited = bool(select.select([pidfd], [], [], 0)[0])
-        if exited:
-            return (f"{_describe(plan, pid)} exited during start-up {_how_it_ended(launch)} "
-                    f"before sending READY=1{status}")
-        if notify.ready:
-            return None
-    return (f"{_describe(plan, pid)} sent no READY=1 within {plan.timeout:g} s"
-            f"{_status_hint(notify.last_status)}")
-
-
-def _status_hint(status: str) -> str:
-    return f" (last STATUS: {status})" if status else ""
+        notify.hand_over(launch.daemon_pidfd, plan.uid, plan.gid)
+        return EXIT_OK, f"started {who}: READY=1", False
+    return EXIT_OK, f"started {who}", False
 
 
 def _clean_up_failed_start(plan: _StartPlan, launch: Launch) -> str:
-    """Stop everything the failed start left running; free the pidfile; say what was done.
-
-    Only processes that are provably this start's are stopped (the launcher's adopted
-    children and their descendants, see :meth:`Launch.stop_all`).  If some other process
-    still holds the pidfile's lock afterwards, it is named, not signalled.
-    """
-    from daemonctx.pidfile import holder_pid
-
-    stopped = launch.stop_all()
-    note = ""
-    if stopped:
-        pid = launch.daemon_pid
-        others = [p for p in stopped if p != pid]
-        note = "; stopped it" if pid in stopped else ""
-        if others:
-            listed = ", ".join(map(str, others))
-            note += (f"; stopped {len(others)} process{'es' if len(others) > 1 else ''} it left "
-                     f"running (pid {listed})")
+    """Stop everything the failed start left running, free the pidfile; say what was done."""
     # The launcher is inside the chroot (if any), like the daemon.
-    path = plan.daemon_pidfile if plan.chroot else plan.pidfile
-    try:
-        holder = holder_pid(path)
-    except DaemonError:
-        holder = None
-    if holder is not None:
-        return note + (f"; pid {holder} still holds the lock of {plan.pidfile} and is not a "
-                       f"process this start began: left running")
-    _forget_failed_start(plan)
-    return note
+    return launch.clean_up(plan.daemon_pidfile if plan.chroot else plan.pidfile, plan.pidfile)
 
 
 def _forget_failed_start(plan: _StartPlan) -> None:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from types import FrameType, TracebackType
     from typing import IO, Any, NoReturn
 
+    from daemonctx.launcher import StartupPolicy
 
     StreamTarget = IO[Any] | str | os.PathLike[str] | int | None
 
@@ -73,8 +74,12 @@ class DaemonContext:
     user's primary group is used (not the caller's, which would keep root's group);
     ``stdin``/``stdout``/``stderr`` accept paths (opened for append in the calling process);
     ``startup_timeout`` bounds the launcher's wait (``None`` waits forever; ``0`` does not
-    wait at all: the launcher exits 0 right after the first fork, as python-daemon's does) and
-    ``defer_ready=True`` makes readiness wait for :meth:`notify_ready`.
+    wait at all: the launcher exits 0 right after the first fork, as python-daemon's does),
+    ``defer_ready=True`` makes readiness wait for :meth:`notify_ready`, and ``startup_policy``
+    replaces what the launching process does with the daemon's report: a callable
+    ``policy(report, launch)`` that must exit (``launch`` is the
+    :class:`daemonctx.launcher.Launch` that waited; the ``daemonctx`` command waits for
+    ``READY=1`` this way).  ``None`` (the default) calls :meth:`on_startup_report`.
     """
 
     def __init__(
@@ -96,6 +101,7 @@ class DaemonContext:
         *,
         startup_timeout: float | None = 60.0,
         defer_ready: bool = False,
+        startup_policy: StartupPolicy | None = None,
     ) -> None:
         self.chroot_directory = chroot_directory
         self.working_directory = working_directory
@@ -117,6 +123,7 @@ class DaemonContext:
         )
         self.startup_timeout = startup_timeout
         self.defer_ready = defer_ready
+        self.startup_policy = startup_policy
         self._is_open = False
         self._opener_pid: int | None = None
         self._atexit_registered = False
@@ -276,7 +283,7 @@ class DaemonContext:
         # closed; what daemonctx keeps from here on (the report pipe, the pidfile's lock) is
         # numbered above them, so that collecting such an object cannot close it.
         _os.record_closed_fds(closed_up_to)
-        handshake._keep_above_closed_fds()
+        handshake.daemon_end.keep_above_closed_fds()
         for stream_fd, target in enumerate(plan.streams):
             steps.redirect_stream(target, stream_fd)
         opened.close()
@@ -320,7 +327,9 @@ class DaemonContext:
         except BaseException:
             pass
         try:
-            self.on_startup_report(report)  # exits; a subclass may wait for more (the command)
+            if self.startup_policy is not None:
+                self.startup_policy(report, launch)  # exits, maybe after waiting for more
+            self.on_startup_report(report)  # exits
         except LaunchInterrupted as stop:
             try:
                 launch.stop_all()

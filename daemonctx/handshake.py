@@ -104,50 +104,108 @@ def _unescape(text: str) -> str:
 
 # --- the daemon's side ---------------------------------------------------------------------
 
-_report_fd: int | None = None
-_report_pid: int | None = None
-_ready_sent = False
 
+class DaemonEnd:
+    """The daemon's end of the report pipe: one per process, :data:`daemon_end`.
 
-def _start_reporting(fd: int) -> None:
-    """Called by DaemonContext in the daemon, right after the second fork."""
-    global _report_fd, _report_pid, _ready_sent
-    _report_fd = fd
-    _report_pid = os.getpid()
-    _ready_sent = False
-
-
-def _keep_above_closed_fds() -> None:
-    """Called by DaemonContext once it closed the inherited fds: keep the pipe out of reach.
-
-    A Python object created before ``open()`` may still believe it owns the number the pipe
-    has; moved above every number closed behind such objects, it cannot be closed by them.
+    ``start(fd)`` (DaemonContext, right after the second fork) makes this process the one that
+    reports; :meth:`ready`, :meth:`failure` and :meth:`before_exec` write the one report the
+    launcher waits for, and the first two close the pipe.  A process forked from the daemon
+    never reports on its behalf: the pipe belongs to the pid that started it, and
+    :meth:`forget_in_child` closes a child's copy.
     """
-    global _report_fd
-    if _report_fd is not None and _report_pid == os.getpid():
-        _report_fd = _os.above_closed_fds(_report_fd)
+
+    __slots__ = ("fd", "pid", "ready_sent")
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+        self.pid: int | None = None
+        self.ready_sent = False
+
+    def start(self, fd: int) -> None:
+        """In the daemon, right after the second fork: report on ``fd``."""
+        self.fd, self.pid, self.ready_sent = fd, os.getpid(), False
+
+    def keep_above_closed_fds(self) -> None:
+        """Once the inherited fds are closed: move the pipe out of reach of stale objects.
+
+        A Python object created before ``open()`` may still believe it owns the number the
+        pipe has; moved above every number closed behind such objects, it cannot be closed by
+        them.
+        """
+        if self.pending:
+            assert self.fd is not None
+            self.fd = _os.above_closed_fds(self.fd)
+
+    @property
+    def pending(self) -> bool:
+        """True in the daemon while the launcher still waits for a report."""
+        return self.fd is not None and self.pid == os.getpid()
+
+    def ready(self) -> bool:
+        """Report readiness (once); True if this call was the first."""
+        if self.ready_sent:
+            return False
+        self.ready_sent = True
+        if self.pending:
+            self._write("R\n")
+            self._finish()
+        return True
+
+    def failure(self, exc: BaseException, exit_status: int = 1) -> None:
+        """Report that start-up failed with ``exc`` (no-op if nobody waits)."""
+        if not self.pending:
+            return
+        if isinstance(exc, SystemExit):
+            code = exc.code
+            if isinstance(code, int) or code is None:
+                exit_status = code or 0
+                message = f"daemon exited with status {exit_status} before it was ready"
+                exit_status = exit_status or 1
+            else:
+                message = str(code)
+        else:
+            message = str(exc)
+        error_type = type(exc).__name__ or "Exception"
+        self._write(f"E {exit_status} {error_type} {_escape(message)}\n")
+        self._finish()
+
+    def before_exec(self) -> None:
+        """Right before ``exec``: a successful one closes the pipe (close-on-exec)."""
+        if self.pending:
+            self._write("X\n")
+
+    def forget_in_child(self) -> None:
+        """In a process forked by the daemon: close its copy, never report."""
+        if self.fd is not None and self.pid != os.getpid():
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = self.pid = None
+        self.ready_sent = True
+
+    def _write(self, line: str) -> None:
+        if self.fd is not None:
+            # False when the launcher is gone (killed): nobody is left to tell
+            _os.write_all(self.fd, line.encode("utf-8", "replace"))
+
+    def _finish(self) -> None:
+        if self.fd is not None:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+        self.fd = self.pid = None
 
 
-def _write(line: str) -> None:
-    if _report_fd is not None:
-        # False when the launcher is gone (killed): nobody is left to tell
-        _os.write_all(_report_fd, line.encode("utf-8", "replace"))
-
-
-def _finish() -> None:
-    global _report_fd, _report_pid
-    if _report_fd is not None:
-        try:
-            os.close(_report_fd)
-        except OSError:
-            pass
-    _report_fd = None
-    _report_pid = None
+#: This process's end of the report pipe (it has one only while it is a starting daemon).
+daemon_end = DaemonEnd()
 
 
 def is_pending() -> bool:
     """True in the daemon while the launcher still waits for a report."""
-    return _report_fd is not None and _report_pid == os.getpid()
+    return daemon_end.pending
 
 
 def notify_ready() -> None:
@@ -158,14 +216,7 @@ def notify_ready() -> None:
     ``daemonctx.notify_ready()``, or as :meth:`DaemonContext.notify_ready`) once it has bound
     its sockets and loaded its configuration, so that the launcher's exit status means "serving".
     """
-    global _ready_sent
-    if _ready_sent:
-        return
-    _ready_sent = True
-    if is_pending():
-        _write("R\n")
-        _finish()
-    if "NOTIFY_SOCKET" in os.environ:
+    if daemon_end.ready() and "NOTIFY_SOCKET" in os.environ:
         from daemonctx import systemd
 
         systemd.notify_quietly(ready=True, mainpid=os.getpid())
@@ -173,21 +224,7 @@ def notify_ready() -> None:
 
 def report_failure(exc: BaseException, exit_status: int = 1) -> None:
     """Tell the waiting launcher that start-up failed with ``exc``; a no-op if none waits."""
-    if not is_pending():
-        return
-    if isinstance(exc, SystemExit):
-        code = exc.code
-        if isinstance(code, int) or code is None:
-            exit_status = code or 0
-            message = f"daemon exited with status {exit_status} before it was ready"
-            exit_status = exit_status or 1
-        else:
-            message = str(code)
-    else:
-        message = str(exc)
-    error_type = type(exc).__name__ or "Exception"
-    _write(f"E {exit_status} {error_type} {_escape(message)}\n")
-    _finish()
+    daemon_end.failure(exc, exit_status)
 
 
 def prepare_exec() -> None:
@@ -196,8 +233,7 @@ def prepare_exec() -> None:
     The pipe is close-on-exec, so the launcher sees end of file once the new program runs; if
     ``exec`` fails, report the error with :func:`report_failure` as usual.
     """
-    if is_pending():
-        _write("X\n")
+    daemon_end.before_exec()
 
 
 def close_in_child() -> None:
@@ -206,15 +242,7 @@ def close_in_child() -> None:
     Call right after ``fork`` in every child: a worker that kept the pipe open would keep the
     launcher waiting after the daemon itself died.  It never reports on the daemon's behalf.
     """
-    global _report_fd, _report_pid, _ready_sent
-    if _report_fd is not None and _report_pid != os.getpid():
-        try:
-            os.close(_report_fd)
-        except OSError:
-            pass
-        _report_fd = None
-        _report_pid = None
-    _ready_sent = True
+    daemon_end.forget_in_child()
 
 
 # --- the launcher's side -------------------------------------------------------------------

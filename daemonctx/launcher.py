@@ -20,11 +20,11 @@ and exits with a truthful status.  :class:`Launch` is that wait and what follows
 * **Leaving nothing behind when a start fails** (:meth:`Launch.stop_all`): a daemon that timed
   out, and whatever a failed daemon left running (a helper process, a child in a session of
   its own), is stopped (SIGTERM, then SIGKILL after a grace) and reaped -- only processes that
-  are provably this start's (:meth:`Launch._processes_of_this_start`).
+  are provably this start's (``Launch._processes_of_this_start``).
 * **Readiness over sd_notify** for the ``daemonctx`` command (:class:`NotifyListener`): the
   ``NOTIFY_SOCKET`` a program reports ``READY=1`` on, with barriers honoured, and handed over to
   a small keeper process for the program's lifetime once it is ready (see
-  :mod:`daemonctx._notify_keeper`).
+  ``daemonctx._notify_keeper``).
 
 Linux first: pidfds and ``PR_SET_CHILD_SUBREAPER``.  Where they are missing, the launcher still
 waits and reports, but never signals a process it cannot prove is the daemon.
@@ -38,10 +38,17 @@ import time
 
 from daemonctx import _os, _proc, handshake
 from daemonctx._signal_module import signal
+from daemonctx.errors import DaemonError
 
 TYPE_CHECKING = False  # see daemonctx/__init__.py: typing is not imported at run time
 if TYPE_CHECKING:
     import socket
+    from collections.abc import Callable
+    from typing import NoReturn
+
+    #: What the launching process does once the daemon reported (see DaemonContext's
+    #: ``startup_policy``): it must exit.
+    StartupPolicy = Callable[[handshake.StartupReport, "Launch"], NoReturn]
 
 __all__ = ["STOP_GRACE", "Launch", "LaunchInterrupted", "NotifyListener", "keep_the_verdict",
            "parse_notification"]
@@ -145,7 +152,7 @@ class Launch:
                 os.close(fd)
             except OSError:
                 pass
-        handshake._start_reporting(self.report_w)
+        handshake.daemon_end.start(self.report_w)
 
     # --- the launcher's side -----------------------------------------------------------------
 
@@ -221,15 +228,91 @@ class Launch:
         stopped = self.stop_all()
         if report.state == "died" and self.daemon_status is not None:
             report = self._death_report()  # its exit status is known by now
-        message = report.message
-        if report.pid is not None and report.pid in stopped:
-            message += "; stopped it"
-        left = [pid for pid in stopped if pid != report.pid]
+        return report.replace(message=report.message + self.stopped_note(stopped))
+
+    def stopped_note(self, stopped: list[int]) -> str:
+        """``"; stopped it; stopped 2 processes it left running (pid 8, 9)"``, or ``""``."""
+        note = "; stopped it" if self.daemon_pid is not None and self.daemon_pid in stopped \
+            else ""
+        left = [pid for pid in stopped if pid != self.daemon_pid]
         if left:
             listed = ", ".join(map(str, left))
-            message += (f"; stopped {len(left)} process{'es' if len(left) > 1 else ''} it "
-                        f"left running (pid {listed})")
-        return report.replace(message=message)
+            note += (f"; stopped {len(left)} process{'es' if len(left) > 1 else ''} it left "
+                     f"running (pid {listed})")
+        return note
+
+    def clean_up(self, pidfile: str | None, shown: str | None = None) -> str:
+        """After a start judged failed later (the command's): leave nothing of it; a note.
+
+        Stops everything this start left (:meth:`stop_all`), then frees ``pidfile`` (as this
+        process sees it; ``shown`` as the user named it): a lock still held by a process this
+        start did not begin is named, not signalled; a leftover unlocked file is removed.
+        """
+        from daemonctx.pidfile import holder_pid, remove_stale_pidfile
+
+        note = self.stopped_note(self.stop_all())
+        if pidfile is None:
+            return note
+        try:
+            holder = holder_pid(pidfile)
+        except DaemonError:
+            holder = None
+        if holder is not None:
+            return note + (f"; pid {holder} still holds the lock of {shown or pidfile} and is not "
+                           f"a process this start began: left running")
+        remove_stale_pidfile(pidfile)
+        return note
+
+    def how_it_ended(self) -> str:
+        """``"with status 3"`` or ``"killed by signal 9 (SIGKILL)"`` for the exited daemon."""
+        self.wait_daemon_exit(0)
+        code = self.daemon_status
+        if code is None:
+            return "(exit status unknown)"
+        if code < 0:
+            return f"killed by signal {-code} ({_os.signal_name(-code)})"
+        return f"with status {code}"
+
+    def await_settle(self, seconds: float, who: str) -> str | None:
+        """None if the daemon is still running ``seconds`` from now, else why not.
+
+        For a program ``exec``\\ ed without a readiness protocol: surviving a moment is the
+        only sign of a good start (``daemonctx start --wait``).  ``who`` names it in the
+        message.
+        """
+        assert self.daemon_pidfd is not None
+        if seconds > 0 and select.select([self.daemon_pidfd], [], [], seconds)[0]:
+            return f"{who} exited during start-up {self.how_it_ended()}"
+        return None
+
+    def await_ready(self, notify: NotifyListener, timeout: float, who: str) -> str | None:
+        """None once the daemon sent ``READY=1`` on ``notify``, else why it did not.
+
+        ``EXTEND_TIMEOUT_USEC=`` extends the wait; ``ERRNO=``, or the daemon exiting, fails it
+        at once; so does ``timeout`` seconds without ``READY=1``.  ``who`` names it.
+        """
+        pidfd = self.daemon_pidfd
+        assert pidfd is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            select.select([notify.fileno(), pidfd], [], [], remaining)
+            notify.receive()
+            status = _status_hint(notify.last_status)
+            if notify.errno_text is not None:
+                return (f"{who} reported a start-up failure: "
+                        f"ERRNO={describe_errno(notify.errno_text)}{status}")
+            if notify.extension is not None:
+                deadline = max(deadline, time.monotonic() + notify.extension)
+                notify.extension = None
+            if select.select([pidfd], [], [], 0)[0]:
+                return (f"{who} exited during start-up {self.how_it_ended()} before sending "
+                        f"READY=1{status}")
+            if notify.ready:
+                return None
+        return f"{who} sent no READY=1 within {timeout:g} s{_status_hint(notify.last_status)}"
 
     def release(self) -> None:
         """The verdict is in: let the intermediate child exit, and reap it.
@@ -282,7 +365,7 @@ class Launch:
         SIGTERM first, SIGKILL to whatever is still running ``grace`` seconds later, then again
         for processes forked or re-parented meanwhile, until none is left (bounded).  Only
         provable processes are signalled, through pidfds (see
-        :meth:`_processes_of_this_start`).  Every child of the launcher that exits is reaped.
+        ``_processes_of_this_start``).  Every child of the launcher that exits is reaped.
         """
         signalled: list[int] = []
         signum = signal.SIGTERM
@@ -390,6 +473,10 @@ class Launch:
         status = 128 - code if code < 0 else code
         return handshake.StartupReport(
             "died", pid, f"{who} {_os.describe_wait_status(code)} during start-up", status or 1)
+
+
+def _status_hint(status: str) -> str:
+    return f" (last STATUS: {status})" if status else ""
 
 
 def _timeout_report(report: handshake.StartupReport,
@@ -584,7 +671,7 @@ class NotifyListener:
     def hand_over(self, program_pidfd: int, uid: int | None, gid: int | None) -> int | None:
         """Start the keeper that answers the socket until the program exits; its pid or None.
 
-        The keeper (:mod:`daemonctx._notify_keeper`) gets the socket and a pidfd on the program,
+        The keeper (``daemonctx._notify_keeper``) gets the socket and a pidfd on the program,
         runs in a session of its own with stdio on ``/dev/null``, drops to ``uid``/``gid`` when
         started by root, and exits when the program does.
         """

@@ -473,8 +473,8 @@ class TimeoutPIDLockFile(PIDFile):
     there) and ``timeout`` is the fallback when ``acquire_timeout`` is ``None``.
 
     Unlike python-daemon's, the lock is a kernel lock: a pidfile left by a dead daemon does
-    not block the next start, and :meth:`release` of an unheld lock does nothing instead of
-    raising ``NotLocked``.
+    not block the next start, and :meth:`~PIDFile.release` of an unheld lock does nothing
+    instead of raising ``NotLocked``.
     """
 
     def __init__(self, path: str | os.PathLike[str], acquire_timeout: float | None = None,

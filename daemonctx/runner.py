@@ -282,17 +282,18 @@ def _stream_path(app: Any, name: str) -> str | None:
 
 
 def _runner_context(runner: DaemonRunner) -> DaemonContext:
+    """A DaemonContext whose launcher prints the start message where the user sees it."""
     from daemonctx.context import DaemonContext
 
-    class _RunnerContext(DaemonContext):
-        """Prints the start message in the launching process, where the user sees it."""
+    context = DaemonContext()
 
-        def on_startup_report(self, report: StartupReport) -> NoReturn:
-            if report.ok and report.pid is not None:
-                try:
-                    emit_message(runner.start_message.format(pid=report.pid))
-                except (OSError, ValueError):
-                    pass
-            super().on_startup_report(report)
+    def announce_start(report: StartupReport, launch: object) -> NoReturn:
+        if report.ok and report.pid is not None:
+            try:
+                emit_message(runner.start_message.format(pid=report.pid))
+            except (OSError, ValueError):
+                pass
+        context.on_startup_report(report)
 
-    return _RunnerContext()
+    context.startup_policy = announce_start
+    return context
