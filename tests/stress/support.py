@@ -148,7 +148,12 @@ def descends_from(pid: int, ancestor: int) -> bool:
         current = pid
         try:
             while current > 1:
-                current = proc_stat(current).ppid
+                parent = proc_stat(current).ppid
+                if parent == 0:
+                    # The kernel reads 0 for a process being released as /proc answers: an
+                    # ancestor reaped mid-read, as above (only pid 1 has no parent here).
+                    raise ProcessLookupError(current)
+                current = parent
                 if current == ancestor:
                     return True
             return False
