@@ -54,20 +54,26 @@ class DaemonContext:
     2. core dumps off (``prevent_core``);
     3. ``umask``;
     4. ``working_directory``;
-    5. supplementary groups, gid, uid (``uid``, ``gid``, ``initgroups``);
-    6. flush Python's stdio buffers;
-    7. fork, ``setsid``, fork (``detach_process``): the caller's process becomes the
+    5. flush Python's stdio buffers;
+    6. fork, ``setsid``, fork (``detach_process``): the caller's process becomes the
        *launcher*, which waits for the daemon's start-up report and exits with a truthful
        status (0 once ready; otherwise the error on stderr and a non-zero status);
-    8. unblock signals, reset inherited ignored signals, install ``signal_map``;
-    9. close every fd except 0-2, ``files_preserve``, the stdio targets, the files of
+    7. unblock signals, reset inherited ignored signals, install ``signal_map``;
+    8. close every fd except 0-2, ``files_preserve``, the stdio targets, the files of
        :mod:`logging` handlers and socket-activation fds;
-    10. point fds 0-2 at ``stdin``/``stdout``/``stderr`` (``None`` means ``/dev/null``);
-    11. enter ``pidfile`` (so the pid written is the daemon's final pid);
+    9. point fds 0-2 at ``stdin``/``stdout``/``stderr`` (``None`` means ``/dev/null``);
+    10. enter ``pidfile`` (so the pid written is the daemon's final pid);
+    11. supplementary groups, gid, uid (``uid``, ``gid``, ``initgroups``);
     12. report readiness (unless ``defer_ready``) and register :meth:`close` with atexit.
 
-    Steps 1-6 run in the calling process, so their errors are ordinary exceptions there; errors
-    after the fork reach the launcher through the start-up pipe.
+    Steps 1-5 run in the calling process, so their errors are ordinary exceptions there; errors
+    after the fork reach the launcher through the start-up pipe.  Unlike python-daemon, which
+    drops privileges before it detaches, the daemon enters the pidfile while it still has the
+    caller's rights and drops them right after: ``PIDFile("/run/app.pid")`` in root's ``/run``
+    works with ``uid="app"``, the lock is kept across the drop, and the daemon keeps only a
+    read-only descriptor on the file (it cannot rewrite it).  At exit it removes the file
+    where it may; otherwise the file stays, unlocked, which no start and no ``status``
+    mistakes for a running daemon.
 
     Options (also plain attributes, settable until :meth:`open`) follow python-daemon 3.x, with
     these extensions: ``uid``/``gid`` accept names; when ``uid`` is given without ``gid`` the
@@ -192,7 +198,7 @@ class DaemonContext:
                 raise
             launch.daemon_side()
         elif os.getpid() == 1:
-            _run_as_init()
+            _run_as_init(plan)
         try:
             self._run_steps_after_fork(plan, opened, keep, hint, ignored)
         except BaseException as exc:
@@ -269,7 +275,6 @@ class DaemonContext:
             steps.prevent_core_dump()
         steps.change_file_creation_mask(plan.umask)
         steps.change_working_directory(plan.workdir)
-        steps.change_process_owner(plan.uid, plan.gid, plan.groups)
         steps.flush_standard_streams()
 
     def _run_steps_after_fork(self, plan: options.Plan, opened: options.Opened,
@@ -292,7 +297,15 @@ class DaemonContext:
             # (and any sd_listen_fds) working in the daemon, whose pid changed.
             os.environ["LISTEN_PID"] = str(os.getpid())
         if plan.pidfile is not None:
+            # With the caller's rights still: root may create it in /run; the lock is held
+            # by the open file, which the privilege drop does not touch.
             plan.pidfile.__enter__()
+        try:
+            steps.change_process_owner(plan.uid, plan.gid, plan.groups)
+        except BaseException:
+            if plan.pidfile is not None:
+                plan.pidfile.__exit__(None, None, None)
+            raise
         self._is_open = True
         self._opener_pid = os.getpid()
         _open_context = (self._opener_pid, self)
@@ -408,7 +421,7 @@ def _warn_about_threads() -> None:
         stacklevel=level)
 
 
-def _run_as_init() -> None:
+def _run_as_init(plan: options.Plan) -> None:
     """As pid 1 (a container), fork: pid 1 reaps every orphan and forwards signals.
 
     The kernel re-parents orphans to pid 1 and delivers no default-action signal to it, so an
@@ -423,6 +436,10 @@ def _run_as_init() -> None:
     highest = steps.highest_open_fd()
     if highest is not None and highest >= 3:
         os.closerange(3, highest + 1)
+    try:
+        steps.change_process_owner(plan.uid, plan.gid, plan.groups)  # as the application will
+    except OSError:
+        pass  # the application's own drop reports the error; this init only waits
 
     def forward(signum: int, frame: FrameType | None) -> None:
         try:

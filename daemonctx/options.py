@@ -131,6 +131,7 @@ def resolve(context: Any, *, pidfile_holder_ok: bool = False) -> tuple[Plan, Ope
         context.uid, need_entry=context.gid is None or bool(context.initgroups))
     gid = _group_option(context.gid if context.gid is not None else user_gid, context.uid)
     groups = supplementary_groups(uid, gid, user_name, bool(context.initgroups))
+    _check_can_become(uid, gid)
     timeout = _startup_timeout(context.startup_timeout)
     handlers = resolve_signal_map(context.signal_map, context)
     if "NOTIFY_SOCKET" in os.environ:
@@ -145,8 +146,7 @@ def resolve(context: Any, *, pidfile_holder_ok: bool = False) -> tuple[Plan, Ope
         keep.add(command_lock)
     opened = Opened()
     try:
-        _check_pidfile(context.pidfile, uid=uid, gid=gid, groups=groups, root=chroot,
-                       workdir=workdir, holder_ok=pidfile_holder_ok)
+        _check_pidfile(context.pidfile, root=chroot, holder_ok=pidfile_holder_ok)
         streams = _streams(context, uid, gid, groups, keep, opened)
     except BaseException:
         opened.undo()
@@ -171,8 +171,12 @@ def _startup_timeout(timeout: object) -> float | None:
     return None if timeout is None else float(timeout)
 
 
-def _check_pidfile(pidfile: object, *, uid: int, gid: int, groups: tuple[int, ...] | None,
-                   root: str | None, workdir: str, holder_ok: bool) -> None:
+def _check_pidfile(pidfile: object, *, root: str | None, holder_ok: bool) -> None:
+    """Check the pidfile option, for the rights of this process.
+
+    The daemon enters the pidfile before it drops privileges (see
+    :class:`~daemonctx.DaemonContext`), so whoever calls ``open()`` is who creates the file.
+    """
     if pidfile is None:
         return
     if not (hasattr(pidfile, "__enter__") and hasattr(pidfile, "__exit__")):
@@ -181,8 +185,7 @@ def _check_pidfile(pidfile: object, *, uid: int, gid: int, groups: tuple[int, ..
     preflight = getattr(pidfile, "preflight", None)
     if preflight is not None:
         extra = {"ignore_holder": True} if holder_ok else {}
-        preflight(uid=uid, gid=gid, groups=list(groups) if groups is not None else os.getgroups(),
-                  root=root, cwd=workdir, **extra)
+        preflight(uid=os.geteuid(), gid=os.getegid(), groups=os.getgroups(), root=root, **extra)
 
 
 def _streams(context: Any, uid: int, gid: int, groups: tuple[int, ...] | None, keep: set[int],
@@ -353,6 +356,24 @@ def _group_option(value: object, uid_option: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32 - 1:
         raise DaemonOptionError(f"gid must be a group name or a gid number, not {value!r}")
     return value
+
+
+def _check_can_become(uid: int, gid: int) -> None:
+    """Refuse, before forking, a uid or gid this process may not switch to (not being root).
+
+    The daemon drops privileges after the forks (once it holds the pidfile); a drop bound to
+    fail must be an error here, in the caller's process, not a report from a forked daemon.
+    """
+    if os.geteuid() == 0:
+        return
+    if uid not in os.getresuid():
+        raise DaemonOptionError(
+            f"uid {uid}: only root can run the daemon as another user (this process runs as "
+            f"uid {os.geteuid()})")
+    if gid not in os.getresgid():
+        raise DaemonOptionError(
+            f"gid {gid}: only root can run the daemon with another group (this process runs "
+            f"with gid {os.getegid()})")
 
 
 def primary_gid_or_none(uid: int | str) -> int | None:

@@ -189,22 +189,34 @@ class PIDFile:
     with :class:`PIDFileLockedError`, a positive number waits that many seconds and then
     fails with :class:`PIDFileTimeoutError`.
 
-    A relative ``path`` is resolved when the lock is acquired, so inside
-    :class:`~daemonctx.DaemonContext` it is relative to ``working_directory`` (and inside
-    ``chroot_directory``), as in python-daemon.  One object holds one lock; it is not meant to
-    be shared between threads.
+    A relative ``path`` is made absolute against the current working directory when the
+    object is created, so ``PIDFile("run/app.pid")`` means the same file in the program that
+    creates it, in its daemon (whose working directory is ``/``) and for the ``daemonctx``
+    command run from the same directory.  (python-daemon resolves it in the daemon, after the
+    change of directory: usually ``/run/app.pid`` for ``run/app.pid``.)  With
+    :class:`~daemonctx.DaemonContext`'s ``chroot_directory``, give the path as the daemon sees
+    it inside the new root.  One object holds one lock; it is not meant to be shared between
+    threads.
+
+    The lock is held on a read-only descriptor (:meth:`fileno`); the pid is written through a
+    second one, closed right after.  So a daemon that took its pidfile as root and then dropped
+    privileges (as :class:`~daemonctx.DaemonContext` does with ``uid=``) cannot rewrite that
+    root-owned file.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, acquire_timeout: float | None = 0,
                  mode: int = 0o644) -> None:
-        self.path: str = _text_path(path)
+        given = _text_path(path)
+        #: The pidfile's absolute path (a relative one is resolved when the object is created).
+        self.path: str = os.path.abspath(given)
+        self.given_relative: bool = not os.path.isabs(given)
         self.acquire_timeout: float | None = _checked_timeout("acquire_timeout", acquire_timeout)
         if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777:
             raise DaemonOptionError(
                 f"PIDFile mode must be permission bits such as 0o644, not {mode!r}"
             )
         self.mode: int = mode
-        self._fd: int | None = None
+        self._fd: int | None = None  # read-only, holds the lock
         self._owner_pid: int | None = None
         self._locked_path: str = ""  # absolute, as resolved when acquiring
 
@@ -233,7 +245,7 @@ class PIDFile:
         """
         wait = self.lock_wait if timeout is ... else _checked_timeout("timeout", timeout)
         self._forget_inherited_lock()
-        path = os.path.abspath(self.path)
+        path = self.path
         if self._fd is not None:
             raise PIDFileLockedError(
                 _held_message(path, os.getpid(), "already held by this PIDFile object"),
@@ -242,26 +254,37 @@ class PIDFile:
         for _ in range(_MAX_START_OVERS):
             # Numbered above every fd DaemonContext closed behind the back of Python objects
             # made before open(): collecting one of those must never close the lock.
-            fd = _os.above_closed_fds(_open_for_locking(path, self.mode))
+            writer = _os.above_closed_fds(_open_for_locking(path, self.mode))
+            fd: int | None = None
             try:
+                fd = _os.above_closed_fds(_read_only_twin(writer, path))
                 if not _lock(fd, path, deadline):
                     raise _held_error(path, wait)
                 st = os.fstat(fd)
                 if not _is_file_at(path, st):
                     # A stopping daemon removed the file after we opened it: the lock we got
                     # is on a file nobody will look at any more.  Start over on the new one.
-                    os.close(fd)
+                    _close_quietly(fd)
+                    _close_quietly(writer)
                     continue
                 try:
-                    _claim_locked_file(fd, path, st, self.mode)
+                    if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != self.mode:
+                        os.fchmod(writer, self.mode)
+                    _claim_locked_file(writer, path)
                 except BaseException:
                     # The lock is ours, so is the file: remove it rather than leave an empty
                     # or stale pidfile behind (a full disk, say) for `status` to misread.
                     _remove_if_at(path, st)
                     raise
             except BaseException:
-                _close_quietly(fd)
+                if fd is not None:
+                    _close_quietly(fd)
+                _close_quietly(writer)
                 raise
+            # Only the read-only descriptor stays: a daemon that took its pidfile as root and
+            # then dropped privileges cannot rewrite root's file (systemd trusts a root-owned
+            # PIDFile= to name the service's main process).
+            _close_quietly(writer)
             self._fd = fd
             self._owner_pid = os.getpid()
             self._locked_path = path
@@ -277,8 +300,10 @@ class PIDFile:
         In the acquiring process: remove the file (only if it is still the locked file: one
         put there since by someone else is left alone), then unlock, then close.  Removing
         first means no starter can lock the old file and believe it holds the pidfile.  A
-        removal that fails (e.g. the directory is no longer writable) is ignored: the file is
-        unlocked, so the next start takes it over and :func:`holder_pid` reports ``None``.
+        removal that fails (the directory is not writable by the daemon's user, e.g. root's
+        ``/run`` after a privilege drop) is ignored: the file is unlocked, so the next start
+        takes it over and :func:`holder_pid` reports ``None``; ``daemonctx stop`` and
+        systemd (``PIDFile=``) remove such a leftover.
 
         In any other process (a worker forked by the daemon, which inherited the descriptor):
         only close this process's copy of the descriptor.  The lock belongs to the open file
@@ -334,7 +359,7 @@ class PIDFile:
         This is what the file says, not who holds the lock; use :func:`holder_pid` to find a
         running daemon.
         """
-        return _read_pid_file(os.path.abspath(self.path))
+        return _read_pid_file(self.path)
 
     def break_lock(self) -> None:
         """Remove a leftover pidfile whose lock nobody holds (for lockfile compatibility).
@@ -359,36 +384,44 @@ class PIDFile:
         this object does not hold the lock.
         """
         if self._fd is None:
-            path = os.path.abspath(self.path)
             raise PIDFileError(
-                f"pidfile {path} is not locked by this PIDFile object: call acquire() first",
-                path)
+                f"pidfile {self.path} is not locked by this PIDFile object: call acquire() "
+                f"first", self.path)
         return self._fd
 
     def preflight(self, *, uid: int, gid: int, groups: Sequence[int], root: str | None,
-                  cwd: str, wait: float | EllipsisType | None = ...,
+                  cwd: str = "/", wait: float | EllipsisType | None = ...,
                   ignore_holder: bool = False) -> None:
-        """Check, before forking, that the daemon will be able to take this pidfile.
+        """Check, before forking, that this pidfile can be taken; change nothing.
 
-        Resolves ``path`` as the daemon will see it: relative to ``cwd`` (its working
-        directory), inside ``root`` (its chroot directory, if any).  Raises
+        ``uid``/``gid``/``groups`` is who will open the file: with
+        :class:`~daemonctx.DaemonContext`, whoever calls ``open()``, since the daemon takes the
+        pidfile before it drops privileges.
+        ``root`` is the chroot directory, inside which the (absolute) path is seen; ``cwd`` is
+        accepted for compatibility and unused (the path is absolute).  Raises
         :class:`PIDFileLockFailedError` if the directory is missing, or if it (or an existing
-        file) is not writable by ``uid``/``gid``/``groups`` (judged from the permission bits;
-        uid 0 may write anywhere, ACLs are not consulted), or if the file system is read-only;
-        :class:`PIDFileUnsafeError` for a path :meth:`acquire` would refuse; and
-        :class:`PIDFileLockedError` naming the holder's pid if the lock is held (answered by
-        :func:`holder_pid`, without taking the lock).  Creates, locks and changes nothing.
+        file) is not writable by that identity (judged from the permission bits; uid 0 may
+        write anywhere, ACLs are not consulted), or if the file system is read-only;
+        :class:`PIDFileUnsafeError` for a path :meth:`acquire` would refuse;
+        :class:`~daemonctx.DaemonOptionError` for a path given relative (resolved against the
+        caller's directory) together with ``root``; and :class:`PIDFileLockedError` naming the
+        holder's pid if the lock is held (answered by :func:`holder_pid`, without taking the
+        lock).
 
         A held lock is waited for as :meth:`acquire` would: ``wait`` seconds (default: this
         object's own timeout, see :attr:`lock_wait`), then :class:`PIDFileTimeoutError` names
-        the holder.  So python-daemon's restart pattern -- SIGTERM the old instance, start the
-        new one with ``TimeoutPIDLockFile(path, 5)`` -- waits for the old one to let go.
-        ``ignore_holder=True`` skips the lock (a restart checks before it stops the holder).
+        the holder.  ``ignore_holder=True`` skips the lock (a restart checks before it stops
+        the holder).
 
         Symbolic links among the directories inside a chroot are followed from the host's
-        root, not the chroot's, by this check; :meth:`acquire` in the daemon is exact.
+        root, not the chroot's, by this check; :meth:`acquire` is exact.
         """
-        path = host_path(root, self.path, cwd)
+        if root is not None and self.given_relative:
+            raise DaemonOptionError(
+                f"pidfile path was given relative, so it was resolved against the current "
+                f"directory to {self.path}; with chroot_directory {root!r} give the path as the "
+                f"daemon sees it inside the new root (e.g. '/run/app.pid')")
+        path = host_path(root, self.path)
         directory = os.path.dirname(path)
         dir_st = _stat_directory(path, directory)
         _check_directory(path, directory, dir_st)
@@ -399,8 +432,9 @@ class PIDFile:
                     f"pidfile {path} cannot be created: directory {directory} (owner uid "
                     f"{dir_st.st_uid}, gid {dir_st.st_gid}, mode "
                     f"{stat.S_IMODE(dir_st.st_mode):04o}) is not writable by uid {uid} gid "
-                    f"{gid}; give the daemon's user a directory it can write "
-                    f"(e.g. /run/<name>/ owned by it)",
+                    f"{gid}; start the daemon as a user who may write there (root may, and "
+                    f"keeps the lock across a privilege drop), or use a directory that user "
+                    f"can write (e.g. /run/<name>/ owned by it)",
                     path, None, errno.EACCES)
         if os.statvfs(directory).f_flag & os.ST_RDONLY:
             raise PIDFileLockFailedError(
@@ -909,18 +943,37 @@ def _held_error(path: str, wait: float | None) -> PIDFileError:
     return PIDFileLockedError(_held_message(path, pid, "already running"), path, pid)
 
 
-def _claim_locked_file(fd: int, path: str, st: os.stat_result, mode: int) -> None:
-    """Now that ``fd`` is locked: set the mode and write ``"<pid>\\n"`` without a torn read."""
+def _claim_locked_file(writer: int, path: str) -> None:
+    """Now that the file is locked: write ``"<pid>\\n"`` through ``writer``, never torn."""
     data = f"{os.getpid()}\n".encode("ascii")
     try:
-        if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != mode:
-            os.fchmod(fd, mode)
-        if os.pwrite(fd, data, 0) != len(data):
+        if os.pwrite(writer, data, 0) != len(data):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        os.ftruncate(fd, len(data))
+        os.ftruncate(writer, len(data))
     except OSError as exc:
         raise PIDFileLockFailedError(
             f"cannot write pidfile {path}: {exc.strerror}", path, None, exc.errno) from exc
+
+
+def _read_only_twin(writer: int, path: str) -> int:
+    """A read-only descriptor on the file ``writer`` is open on, to hold the lock.
+
+    Opened by path and checked to be the same file; where the file cannot be read (a ``mode``
+    without read permission) or was swapped meanwhile, a duplicate of ``writer`` instead.
+    """
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except OSError:
+        return os.dup(writer)
+    try:
+        same = (os.fstat(fd).st_ino, os.fstat(fd).st_dev) == (
+            os.fstat(writer).st_ino, os.fstat(writer).st_dev)
+    except OSError:
+        same = False
+    if same:
+        return fd
+    os.close(fd)
+    return os.dup(writer)
 
 
 def _check_search_permission(path: str, directory: str, root: str | None, uid: int, gid: int,

@@ -21,6 +21,7 @@ from pathlib import Path
 import lockfile  # type: ignore[import-untyped]
 import pytest
 
+from daemonctx.errors import DaemonOptionError
 from daemonctx.pidfile import (
     PIDFile,
     PIDFileError,
@@ -304,13 +305,15 @@ def test_acquiring_twice_with_one_object_is_refused_naming_this_process(tmp_path
         assert caught.value.pid == os.getpid()
 
 
-def test_relative_path_is_resolved_when_acquiring(tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    pidfile = PIDFile("app.pid")
+def test_relative_path_means_the_directory_the_pidfile_was_created_in(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+    pidfile = PIDFile("app.pid")
+    assert pidfile.path == str(tmp_path / "app.pid")
+    monkeypatch.chdir("/")  # as a daemon's: the path still means the caller's app.pid
     with pidfile:
-        monkeypatch.chdir("/")  # release must remove the file it created, not ./app.pid
         assert (tmp_path / "app.pid").read_text() == f"{os.getpid()}\n"
+        assert not Path("/app.pid").exists()
     assert not (tmp_path / "app.pid").exists()
 
 
@@ -683,15 +686,25 @@ def test_preflight_accepts_a_leftover_file_and_changes_nothing(tmp_path: Path) -
     assert holder_pid(path) is None
 
 
-def test_preflight_resolves_relative_path_inside_chroot_and_working_directory(
+def test_preflight_sees_an_absolute_path_inside_the_chroot(
         tmp_path: Path, start_holder: Callable[..., Holder]) -> None:
     jail = tmp_path / "jail"
     (jail / "srv" / "app").mkdir(parents=True)
     host_path = jail / "srv" / "app" / "app.pid"
     holder = start_holder(host_path)
     with pytest.raises(PIDFileLockedError) as caught:
-        preflight_as(PIDFile("app.pid"), root=str(jail), cwd="/srv/app")
+        preflight_as(PIDFile("/srv/app/app.pid"), root=str(jail), cwd="/srv/app")
     assert (caught.value.path, caught.value.pid) == (str(host_path), holder.pid)
+
+
+def test_preflight_refuses_a_relative_path_with_a_chroot_naming_what_it_resolved_to(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    jail = tmp_path / "jail"
+    jail.mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DaemonOptionError, match=f"resolved .* to {tmp_path}/app.pid; with "
+                                                f"chroot_directory"):
+        preflight_as(PIDFile("app.pid"), root=str(jail))
 
 
 def _layout(base: Path, case: str) -> Path:

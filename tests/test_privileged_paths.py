@@ -35,19 +35,26 @@ def root_only_dir(tmp_path: Path) -> Path:
     return directory
 
 
-def test_restart_as_a_user_who_cannot_create_the_pidfile_refuses_before_stopping(
+def test_restart_with_a_log_the_user_cannot_open_refuses_before_stopping(
         root_only_dir: Path, pidfiles: list[Path]) -> None:
+    # (Before issue 16 this was a pidfile directory the user could not write; the pidfile is
+    # now created by root before the drop, so that restart succeeds: see
+    # tests/test_runtime_directory.py.)  A log in another user's directory is opened with the
+    # daemon's user's rights, who may not write there: found before the service is stopped.
     pidfile = root_only_dir / "app.pid"
     pidfiles.append(pidfile)
+    others = root_only_dir / "others-logs"
+    others.mkdir(mode=0o755)
+    os.chown(others, 4242, 4242)  # some other (non-root) user's directory
     assert run_cli("start", "--pidfile", str(pidfile), "--", "/bin/sleep", "600").returncode == 0
     running = holder(pidfile)
-    result = run_cli("restart", "--pidfile", str(pidfile), "--user", "nobody", "--",
-                     "/bin/sleep", "600")
+    result = run_cli("restart", "--pidfile", str(pidfile), "--user", "nobody", "--stdout",
+                     str(others / "app.log"), "--", "/bin/sleep", "600")
     assert result.returncode == 3
-    assert f"directory {root_only_dir}" in result.stderr
-    assert "is not writable by uid 65534" in result.stderr
+    assert f"the daemon's user (uid {NOBODY}) cannot open" in result.stderr
     assert_one_line_error(result)
     assert holder(pidfile) == running, "the service must still be up"
+    assert not (others / "app.log").exists()
 
 
 def test_restart_with_a_command_the_user_cannot_execute_refuses_before_stopping(

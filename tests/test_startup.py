@@ -113,9 +113,30 @@ def test_second_start_fails_naming_the_running_pid(tmp_path, spawned):
     assert int(pidfile.read_text()) == pid
 
 
-def test_second_start_losing_the_race_after_fork_reports_the_holder(tmp_path, spawned):
-    # the pidfile is taken by another process between the launcher's check and the daemon's
-    # acquire: simulate by a pidfile object whose preflight check is skipped
+def test_second_start_is_refused_before_anything_forks(tmp_path, spawned):
+    pidfile = tmp_path / "app.pid"
+    config = {"pid_path": str(tmp_path / "pid"), "options": {"pidfile": str(pidfile)}}
+    first, pid = launch_probe(config, spawned)
+    assert first.returncode == 0 and pid is not None
+    script = write_script(tmp_path, f"""
+import os, daemonctx
+try:
+    daemonctx.DaemonContext(pidfile=daemonctx.PIDFile({str(pidfile)!r})).open()
+except daemonctx.PIDFileLockedError as exc:
+    children = open(f"/proc/self/task/{{os.getpid()}}/children").read().split()
+    print(exc.pid, len(children))
+    raise SystemExit(2)
+""", "second.py")
+    result = subprocess.run([PYTHON, str(script)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout.split() == [str(pid), "0"]  # the holder named, nothing forked
+    assert int(pidfile.read_text()) == pid
+
+
+def test_a_lock_object_entered_in_the_daemon_that_loses_reports_the_holder(tmp_path, spawned):
+    # python-daemon's way, kept for lock objects other than PIDFile (lockfile's): the daemon
+    # enters the pidfile after the forks, so a start that loses there is reported by the
+    # launcher, naming the holder.
     pidfile = tmp_path / "app.pid"
     holder = write_script(tmp_path, f"""
 import daemonctx, signal, sys
@@ -129,9 +150,15 @@ signal.pause()
     assert proc.stdout is not None and proc.stdout.readline() == "locked\n"
     script = write_script(tmp_path, f"""
 import daemonctx
-class NoPreflight(daemonctx.PIDFile):
-    preflight = None
-with daemonctx.DaemonContext(pidfile=NoPreflight({str(pidfile)!r})):
+class EnteredInTheDaemon:
+    def __init__(self, path):
+        self.lock = daemonctx.PIDFile(path)
+    def __enter__(self):
+        self.lock.acquire()
+        return self
+    def __exit__(self, *exc):
+        self.lock.release()
+with daemonctx.DaemonContext(pidfile=EnteredInTheDaemon({str(pidfile)!r})):
     pass
 """, "late.py")
     result = subprocess.run([PYTHON, str(script)], capture_output=True, text=True, timeout=30)
@@ -142,14 +169,17 @@ with daemonctx.DaemonContext(pidfile=NoPreflight({str(pidfile)!r})):
     proc.wait(10)
 
 
-def test_pidfile_directory_not_writable_for_target_user_fails_before_fork(tmp_path, world_dir):
-    rundir = tmp_path / "run"  # root-owned 0755: nobody cannot create files here
+def test_pidfile_directory_the_caller_cannot_write_fails_before_fork(tmp_path, world_dir):
+    rundir = world_dir / "run"  # root-owned 0755: nobody cannot create files here
     rundir.mkdir(mode=0o755)
+    # The caller is nobody (it imports what it needs first, as root: the interpreter here
+    # lives where nobody cannot read), so it cannot create the pidfile before it forks.
     script = write_script(world_dir, f"""
-import os, daemonctx
+import os, daemonctx, daemonctx.context, daemonctx.pidfile
+os.setgroups([]); os.setgid(65534); os.setuid(65534)
 try:
     pidfile = daemonctx.PIDFile({str(rundir / 'a.pid')!r})
-    daemonctx.DaemonContext(uid="nobody", pidfile=pidfile).open()
+    daemonctx.DaemonContext(pidfile=pidfile).open()
 except daemonctx.DaemonError as exc:
     print(type(exc).__name__, exc, os.listdir('/proc/self/task/%d' % os.getpid()) and
           open('/proc/self/task/%d/children' % os.getpid()).read().strip() or 'no-children')
@@ -158,7 +188,8 @@ except daemonctx.DaemonError as exc:
     result = subprocess.run([PYTHON, str(script)], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2, result.stderr
     assert "PIDFileLockFailedError" in result.stdout
-    assert str(rundir) in result.stdout
+    assert f"directory {rundir} (owner uid 0, gid 0, mode 0755) is not writable by uid 65534" \
+        in result.stdout
     assert result.stdout.rstrip().endswith("no-children")
     assert list(rundir.iterdir()) == []
 

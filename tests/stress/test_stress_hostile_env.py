@@ -268,8 +268,8 @@ def test_fd_above_the_soft_limit_is_closed_in_the_daemon(tmp_path: Path,
     assert result.returncode == 0, result.stderr
     assert daemon is not None
     fds = open_fds(daemon)
-    assert set(fds) == {0, 1, 2, 3}, fds
-    assert fds[3] == str(pidfile)
+    assert set(fds) - {0, 1, 2} == {max(fds)} and max(fds) < 16, fds  # one more: the lock
+    assert fds[max(fds)] == str(pidfile)
 
 
 def _catchable_signal_names() -> list[str]:

@@ -82,13 +82,18 @@ def test_daemon_dropped_to_nobody_has_no_root_id_group_or_capability(started: St
     assert report["ids"] == repr(((NOBODY.pw_uid,) * 3, (NOBODY.pw_gid,) * 3, []))
 
 
-def test_pidfile_of_a_daemon_dropped_to_nobody_is_its_own_and_not_writable_by_others(
+def test_pidfile_of_a_daemon_dropped_to_nobody_is_not_writable_by_it_or_others(
         started: Started, fleet: Fleet) -> None:
     daemon, _, pidfile, _ = started
     st = os.lstat(pidfile)
     assert stat.S_ISREG(st.st_mode)
-    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (NOBODY.pw_uid, 0o644)
+    # taken before the drop, by root: root's file, which the daemon holds read-only
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o644)
     assert not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    for fd, target in open_fds(daemon).items():
+        if target == str(pidfile):
+            flags = Path(f"/proc/{daemon}/fdinfo/{fd}").read_text().split("flags:")[1].split()[0]
+            assert int(flags, 8) & os.O_ACCMODE == os.O_RDONLY
     assert int(pidfile.read_text()) == daemon
     os.kill(daemon, signal.SIGTERM)  # and, unprivileged, it still removes it on SIGTERM
     wait_pid_gone(daemon)
