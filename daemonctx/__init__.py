@@ -111,4 +111,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    """The public names: ``__all__``, ``__version__`` and the submodules imported so far."""
+    submodules = {name for name, value in globals().items() if not name.startswith("_")
+                  and getattr(value, "__name__", None) == f"{__name__}.{name}"}
+    return sorted(set(__all__) | {"__version__"} | submodules)

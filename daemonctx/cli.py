@@ -402,6 +402,7 @@ class _StartPlan(NamedTuple):
     executable: str
     argv: list[str]
     env: dict[str, str]
+    caller_cwd: str = "/"        # where relative paths the user typed were meant from
     notify: bool = False
     timeout: float = DEFAULT_START_TIMEOUT
     settle: float = DEFAULT_SETTLE
@@ -434,8 +435,36 @@ def _plan_start(ns: argparse.Namespace, program: list[str]) -> _StartPlan:
         command_name=ns.command, pidfile=pidfile, daemon_pidfile=daemon_pidfile, chroot=chroot,
         workdir=workdir, umask=umask, uid=uid, gid=gid, initgroups=user_entry is not None,
         program_uid=os.geteuid() if uid is None else uid, stdout=stdout, stderr=stderr,
-        executable=executable, argv=list(program), env=env, notify=bool(ns.notify),
+        executable=executable, argv=list(program), env=env, caller_cwd=_caller_cwd(),
+        notify=bool(ns.notify),
         timeout=timeout, settle=settle, oknodo=bool(ns.oknodo), verbose=bool(ns.verbose))
+
+
+def _caller_cwd() -> str:
+    try:
+        return os.getcwd()
+    except OSError:  # removed from under the caller
+        return "/"
+
+
+def _relative_path_hint(plan: _StartPlan) -> str:
+    """Why a program that exited at once may not have found a file: it runs elsewhere.
+
+    The program's working directory is ``/`` (or ``--chdir``), not the caller's: an argument
+    such as ``ticker.py`` that names a file in the caller's directory names nothing there.
+    """
+    if plan.chroot is not None or os.path.realpath(plan.caller_cwd) == \
+            os.path.realpath(plan.workdir):
+        return ""
+    for arg in plan.argv[1:]:
+        if not arg or arg.startswith("-") or os.path.isabs(arg) or "\0" in arg:
+            continue
+        if os.path.exists(os.path.join(plan.caller_cwd, arg)) and \
+                not os.path.exists(os.path.join(plan.workdir, arg)):
+            return (f"; note: it runs in {plan.workdir}, where the relative path {arg!r} names "
+                    f"nothing (it is a file in {plan.caller_cwd}): give --chdir "
+                    f"{plan.caller_cwd}, or an absolute path")
+    return ""
 
 
 def _positive_seconds(option: str, value: float, *, allow_zero: bool) -> float:
@@ -835,7 +864,8 @@ def _judge_start(plan: _StartPlan, notify: NotifyListener | None, report: Startu
         failure = launch.await_settle(plan.settle, who)
     if failure is not None:
         log_hint = f"; its output is in {plan.stderr}" if plan.stderr else ""
-        return EXIT_ERROR, failure + _clean_up_failed_start(plan, launch) + log_hint, True
+        return EXIT_ERROR, (failure + _clean_up_failed_start(plan, launch) + log_hint
+                            + _relative_path_hint(plan)), True
     if notify is not None:
         notify.hand_over(launch.daemon_pidfd, plan.uid, plan.gid)
         return EXIT_OK, f"started {who}: READY=1", False
