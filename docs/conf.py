@@ -91,16 +91,19 @@ nitpick_ignore_regex = [
     (r"py:.*", rf"({'|'.join(sorted(EXTERNAL_MODULES))})(\..*)?"),
 ]
 
-html_theme = "alabaster"
+# Furo: a content column wide enough for the commands the pages show, a sidebar that folds
+# away on small screens, and a light and a dark scheme.  Code blocks keep their lines and scroll
+# sideways inside the content column (Furo's ``pre {overflow: auto}``), and wide tables scroll
+# in their own wrapper, so a long ``daemonctx start ...`` line never pushes the page wider.
+html_theme = "furo"
 html_static_path = ["_static"]
 html_title = f"daemonctx {release}"
 html_theme_options = {
-    "description": "Well-behaved Unix daemons in Python, and workers that stay alive",
-    "fixed_sidebar": True,
-    "page_width": "1100px",
-    "sidebar_width": "240px",
+    "source_repository": "https://github.com/daemonctx/daemonctx/",
+    "source_branch": "main",
+    "source_directory": "docs/",
+    "navigation_with_keys": True,
 }
-html_sidebars = {"**": ["about.html", "navigation.html", "relations.html", "searchbox.html"]}
 
 
 # --- the CLI reference is generated from the command itself -------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -62,13 +63,17 @@ def test_quick_run_reports_every_section_and_leaves_no_process(tmp_path):
     assert not list(tmp_path.iterdir()), "the benchmark left files in its temporary directory"
 
 
-def test_results_page_marks_a_missed_target(tmp_path):
-    """The writer turns a miss into MISSED, from synthetic results (no measurement)."""
+def _report():
     sys.path.insert(0, str(BENCH))
     try:
         import report
     finally:
         sys.path.remove(str(BENCH))
+    return report
+
+
+def _synthetic_results() -> dict:
+    """Detach results in which daemonctx takes twice the reference's time (a missed target)."""
     rounds = 3
     contenders = ["reference", "reference-handshake", "daemonctx", "daemonctx-nowait",
                   "python-daemon", "daemonize"]
@@ -86,9 +91,57 @@ def test_results_page_marks_a_missed_target(tmp_path):
                                   "daemon_hwm_kib": {c: flat(8192.0) for c in contenders}}},
         },
     }
-    page = report.render_page(json.loads(json.dumps(results)), plots={})
+    return json.loads(json.dumps(results))
+
+
+def test_targets_mark_a_missed_target_in_the_readme_section_and_the_printout():
+    """The writer turns a miss into MISSED, from synthetic results (no measurement)."""
+    report = _report()
+    results = _synthetic_results()
+    targets = report.render_targets(results)
     text = report.comparison_text(results)
+    assert targets.startswith(report.TARGETS_BEGIN) and targets.endswith(report.TARGETS_END)
     assert "| detach | open() -> main <= 1.10 x minimal reference (RLIMIT_NOFILE 1024) | " \
-           "2.00x | **MISSED** |" in page
+           "2.00x | **MISSED** |" in targets
     assert "MISSED  open() -> main <= 1.10 x minimal reference (RLIMIT_NOFILE 1024)" in text
     assert "met  launcher wall time with handshake within 1 ms of without" in text
+
+
+def test_results_page_opens_with_the_comparison_and_leaves_the_targets_out():
+    report = _report()
+    page = report.render_page(_synthetic_results(), plots={"summary": "_static/s.png"})
+    sections = re.findall(r"^## (.+)$", page, re.M)
+    assert sections[0] == "daemonctx next to python-daemon and tornado"
+    opening = page.split("\n## ", 2)[1]
+    assert "![" in opening and "_static/s.png" in opening
+    assert "| daemonctx (start-up handshake, default) | 2.00 | 2.00 | 2.00 |" in opening
+    assert "MISSED" not in page and "issue 9" not in page
+
+
+def test_write_targets_replaces_only_the_generated_section(tmp_path):
+    report = _report()
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Benchmarks\n\nintro\n\n{report.TARGETS_BEGIN}\nold\n"
+                      f"{report.TARGETS_END}\n\nafter\n")
+    report.write_targets(_synthetic_results(), readme)
+    text = readme.read_text()
+    assert text.startswith("# Benchmarks\n\nintro\n\n" + report.TARGETS_BEGIN)
+    assert "old" not in text and "**MISSED**" in text
+    assert text.endswith(report.TARGETS_END + "\n\nafter\n")
+
+
+def test_committed_page_and_readme_targets_are_those_of_the_saved_run():
+    """docs/benchmarks-results.md and the README's targets are generated from full.json."""
+    report = _report()
+    results = json.loads((BENCH / "results" / "full.json").read_text())
+    static = REPO / "docs" / "_static"
+    plots = {name: f"_static/{file}" for name, file in
+             (("summary", "bench-summary.png"), ("detach", "bench-detach.png"),
+              ("workers", "bench-workers.png")) if (static / file).exists()}
+    assert set(plots) == {"summary", "detach", "workers"}
+    page = (REPO / "docs" / "benchmarks-results.md").read_text()
+    assert page == report.render_page(results, plots), (
+        "docs/benchmarks-results.md is not what benchmarks/report.py renders from "
+        "benchmarks/results/full.json: run benchmarks/run.py --from-json "
+        "benchmarks/results/full.json")
+    assert report.render_targets(results) in (BENCH / "README.md").read_text()
