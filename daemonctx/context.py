@@ -399,17 +399,19 @@ def _load_prctl_for_chroot() -> None:
 
 
 def _warn_about_threads() -> None:
-    """Warn (once per call site) that the threads running now will not exist in the daemon."""
-    threading = sys.modules.get("threading")
-    if threading is None:
-        return  # no thread was ever started from Python
-    current = threading.current_thread()
-    others = [t for t in threading.enumerate() if t is not current and t.is_alive()]
+    """Warn (once per call site) that the threads running now will not exist in the daemon.
+
+    The threads are counted by the kernel (``/proc/self/task``), not only by :mod:`threading`:
+    a thread a C extension started (OpenBLAS's, when numpy is imported) or one started with
+    ``_thread`` vanishes as silently.  Each is named by its :mod:`threading` name when it has
+    one, else by the kernel's name for it and its thread id.
+    """
+    others = _other_thread_names()
     if not others:
         return
     import warnings
 
-    names = ", ".join(repr(t.name) for t in others)
+    names = ", ".join(others)
     level = 2  # 1 is this function, 2 its caller
     frame: FrameType | None = sys._getframe(1)
     while frame is not None and frame.f_code.co_filename == __file__:
@@ -419,6 +421,40 @@ def _warn_about_threads() -> None:
         f"DaemonContext.open() forks ({names}): only the thread calling open() continues in "
         f"the daemon, the others will not exist there; start threads after open()"),
         stacklevel=level)
+
+
+def _other_thread_names() -> list[str]:
+    """The threads of this process other than the calling one, named for a message."""
+    threading = sys.modules.get("threading")
+    known: dict[int, str] = {}
+    if threading is not None:
+        for thread in threading.enumerate():
+            if thread.native_id is not None and thread.is_alive():
+                known[thread.native_id] = repr(thread.name)
+    me = threading.get_native_id() if threading is not None else None
+    try:
+        tids = sorted(int(tid) for tid in os.listdir("/proc/self/task"))
+    except OSError:  # no /proc: only what threading knows
+        return [name for tid, name in sorted(known.items()) if tid != me]
+    if me is None:
+        import _thread
+
+        me = _thread.get_native_id()
+    names: list[str] = []
+    for tid in tids:
+        if tid == me:
+            continue
+        name = known.get(tid)
+        if name is None:
+            try:
+                with open(f"/proc/self/task/{tid}/comm", encoding="utf-8",
+                          errors="replace") as comm:
+                    kernel_name = comm.read().strip()
+            except OSError:
+                continue  # it ended meanwhile
+            name = f"{kernel_name!r} (thread {tid}, not started by threading)"
+        names.append(name)
+    return names
 
 
 def _run_as_init(plan: options.Plan) -> None:

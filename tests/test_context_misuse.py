@@ -9,6 +9,7 @@ vanish in the daemon, silently -- now with a warning.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -155,3 +156,41 @@ def test_the_thread_warning_as_an_error_stops_open_before_anything_changed(
     assert "daemonctx.errors.DaemonThreadWarning" in result.stderr
     assert not pidfile.exists()
     assert holder_pid(pidfile) is None
+
+
+LOW_LEVEL_THREADS = """
+import _thread, os, signal, sys, time
+import daemonctx
+
+started = []
+def run(name):
+    started.append(name)
+    time.sleep(600)
+# Threads the threading module never hears of, like those a C extension starts (OpenBLAS's).
+for name in ("a", "b"):
+    _thread.start_new_thread(run, (name,))
+while len(started) < 2 or len(os.listdir("/proc/self/task")) < 3:
+    time.sleep(0.001)
+with daemonctx.DaemonContext(pidfile=daemonctx.PIDFile(sys.argv[1])):
+    with open(sys.argv[2], "w") as out:
+        out.write(str(len(os.listdir("/proc/self/task"))))
+    while True:
+        signal.pause()
+"""
+
+
+def test_threads_unknown_to_threading_are_counted_and_named_by_the_kernel(
+        tmp_path: Path, spawned: list[int]) -> None:
+    """Issue 14, threads: only threading's threads were warned about; a C extension's (or
+    _thread's) vanished without a word, and the count was short."""
+    script = write_script(tmp_path, LOW_LEVEL_THREADS, "lowlevel.py")
+    pidfile = tmp_path / "app.pid"
+    result = run_python(script, str(pidfile), str(tmp_path / "tasks"))
+    adopt_lock_holder(pidfile, spawned)
+    assert result.returncode == 0, result.stderr
+    warning = re.search(r"DaemonThreadWarning: (\d+) other threads running when "
+                        r"DaemonContext\.open\(\) forks \((.*)\)", result.stderr)
+    assert warning is not None, result.stderr
+    assert warning.group(1) == "2"
+    assert len(re.findall(r"\(thread \d+, not started by threading\)", warning.group(2))) == 2
+    assert wait_file_text(tmp_path / "tasks") == "1"  # they did vanish
