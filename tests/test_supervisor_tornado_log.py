@@ -70,3 +70,53 @@ def test_tornado_words_on_daemonctx_supervisor_without_tornado(tmp_path: Path) -
 def test_logger_option_chooses_where_the_lines_go(tmp_path: Path) -> None:
     lines = _run(tmp_path, "plain", "myapp.workers")
     assert len(_matching(lines, "myapp.workers")) == 4, lines
+
+
+GIVING_UP = """
+import logging, os, sys
+import tornado.log
+logging.basicConfig(filename=sys.argv[1], level=logging.DEBUG,
+                    format="%(name)s %(levelname)s %(message)s")
+from daemonctx import fork_processes
+
+try:
+    task = fork_processes(2, max_restarts=1)
+except RuntimeError as exc:
+    with open(sys.argv[1] + ".raised", "w") as out:
+        out.write(f"{type(exc).__name__}|{exc}|{exc.task_id}|{exc.exit_status}")
+    sys.exit(0)
+os._exit(5 if task == 1 else 0)
+"""
+
+# Every line tornado's fork_processes logs (tornado/process.py), and nothing else.
+TORNADO_LINES = [r"INFO Starting \d+ processes",
+                 r"WARNING child \d+ \(pid \d+\) (exited with status|killed by signal) \d+, "
+                 r"restarting",
+                 r"INFO child \d+ \(pid \d+\) exited normally"]
+
+
+def test_only_tornados_lines_on_tornado_general_the_masters_own_on_daemonctx(
+        tmp_path: Path) -> None:
+    """Issue 13, #3: the master's own events (workers started, ready, stopping) were logged
+    on tornado.general too, where tornado logs only its three kinds of lines."""
+    import re
+
+    pytest.importorskip("tornado")
+    script = write_script(tmp_path, GIVING_UP, "giving_up.py")
+    log = tmp_path / "log"
+    result = run_python(script, str(log))
+    assert result.returncode == 0, result.stderr
+    kind, text, task, status = (tmp_path / "log.raised").read_text().split("|")
+    assert kind == "SupervisorError"  # a RuntimeError, as tornado's
+    assert text.startswith("Too many child restarts, giving up: child 1 (pid ")
+    assert (task, status) == ("1", "5")  # the details are attributes
+    lines = log.read_text().splitlines()
+    on_tornado = [line.removeprefix("tornado.general ") for line in lines
+                  if line.startswith("tornado.general ")]
+    assert on_tornado, lines
+    strays = [line for line in on_tornado
+              if not any(re.fullmatch(pattern, line) for pattern in TORNADO_LINES)]
+    assert not strays, strays
+    ours = [line for line in lines if line.startswith("daemonctx.supervisor ")]
+    assert any("Too many child restarts, giving up: child 1" in line for line in ours), lines
+    assert any("worker 0 started" in line for line in ours), lines

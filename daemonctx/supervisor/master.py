@@ -121,7 +121,8 @@ def fork_processes(num_processes: int | None = None, max_restarts: int | None = 
     * When every worker has exited normally, the master calls ``sys.exit(0)``, so that the caller
       does not go on to run worker code in the master.
     * Each restart counts against ``max_restarts`` (default 100, over all workers, however soon the
-      worker died); exceeding it raises ``RuntimeError("Too many child restarts, giving up")``
+      worker died); exceeding it raises a :class:`RuntimeError` whose message begins with
+      tornado's ``"Too many child restarts, giving up"`` and goes on with the last exit
       (a :class:`SupervisorError`) -- after the other workers were stopped, unlike tornado.
 
     Unlike tornado, the master also handles signals (module docstring): SIGTERM stops every worker
@@ -162,6 +163,9 @@ def fork_processes(num_processes: int | None = None, max_restarts: int | None = 
                             proc_title=proc_title, parent_death_signal=parent_death_signal,
                             logger=logger)
     supervisor._wording = _TornadoWording()
+    # tornado's lines on ``logger``, and nothing else: code that watches them (and tornado's own
+    # tests) sees exactly tornado's log; the master's other events go to daemonctx's logger.
+    supervisor._events_logger = "daemonctx.supervisor"
     _fork_processes_called = True
     worker = supervisor.run()
     if worker is None:
@@ -250,6 +254,9 @@ class Supervisor:
         self.parent_death_signal = int(parent_death_signal)
         self.logger: str | Any = logger
         self._wording = _Wording()
+        # Where the master's own events go (workers started, ready, stopping...); fork_processes
+        # keeps tornado's logger for tornado's lines only (see fork_processes).
+        self._events_logger: str | Any = logger
         self._budget = RestartBudget(self.policy)
         self._master_pid = 0
         self._ran = False
@@ -433,7 +440,7 @@ class Supervisor:
         self._poller.register(self._ready_r, select.POLLIN)
         if self.proc_title is not None:
             worker_side.set_proc_title(f"{self.proc_title} master")
-        self._log("info", *self._wording.starting(self.num_workers))
+        self._log_as_tornado("info", *self._wording.starting(self.num_workers))
 
     def _internal_pipe(self, *, blocking: bool) -> tuple[int, int]:
         # Above every fd DaemonContext closed behind objects made before open(), so that
@@ -462,6 +469,11 @@ class Supervisor:
         self._pending_signals.append(signum)
 
     def _log(self, level: str, message: str, *args: object) -> None:
+        """The master's own events."""
+        _log_to(self._events_logger, level, message, *args)
+
+    def _log_as_tornado(self, level: str, message: str, *args: object) -> None:
+        """The events tornado's ``fork_processes`` logs too, on ``logger``."""
         _log_to(self.logger, level, message, *args)
 
     # -- the loop ----------------------------------------------------------------------------
@@ -656,15 +668,16 @@ class Supervisor:
             exited[0] % exited[1:]), now)
         if decision.action == "done":
             del self._slots[slot.task_id]
-            self._log("info", *self._wording.finished(worker.task_id, worker.pid, code))
+            self._log_as_tornado("info", *self._wording.finished(worker.task_id, worker.pid,
+                                                                 code))
         elif decision.action == "give-up":
             self._give_up(decision.message, task=worker.task_id, pid=worker.pid, code=code)
         elif decision.delay > 0:
-            self._log("warning", exited[0] + ", restarting in %.2f s", *exited[1:],
-                      decision.delay)
+            self._log_as_tornado("warning", exited[0] + ", restarting in %.2f s", *exited[1:],
+                                 decision.delay)
             slot.restart_due = now + decision.delay
         else:
-            self._log("warning", exited[0] + ", restarting", *exited[1:])
+            self._log_as_tornado("warning", exited[0] + ", restarting", *exited[1:])
             self._to_start.append(slot)
 
     # -- rolling restart, readiness, stopping -------------------------------------------------
