@@ -526,7 +526,7 @@ def _pidfile_paths(path: str, chroot: str | None) -> tuple[str, str]:
     if not os.path.isdir(directory):
         what = "is not a directory" if os.path.exists(directory) else "does not exist"
         raise DaemonOptionError(f"--pidfile: directory {directory} {what}; create it first "
-                                f"(writable by the daemon's user)")
+                                f"(e.g. systemd's RuntimeDirectory=, or mkdir -p)")
     if chroot is None:
         return full, full
     from daemonctx.options import path_in_root

@@ -815,7 +815,7 @@ def _stat_directory(path: str, directory: str) -> os.stat_result:
         reason = "does not exist" if isinstance(exc, FileNotFoundError) else exc.strerror
         raise PIDFileLockFailedError(
             f"pidfile {path} cannot be created: directory {directory} {reason}; create it "
-            f"before starting the daemon (owned by the daemon's user)",
+            f"before starting the daemon (e.g. systemd's RuntimeDirectory=, or mkdir -p)",
             path, None, exc.errno) from exc
     if not stat.S_ISDIR(dir_st.st_mode):
         raise PIDFileLockFailedError(
