@@ -534,8 +534,6 @@ def test_tutorial_install_gives_the_units_interpreter_daemonctx(machine: Machine
     assert version.returncode == 0, version.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="setup.cfg: packages = daemonctx leaves out the "
-                                       "daemonctx.supervisor subpackage")
 def test_installed_package_holds_every_module_of_the_checkout(machine: Machine) -> None:
     (site,) = machine.path("/opt/greeter/venv/lib").glob("python3*/site-packages")
     checkout = {p.relative_to(REPO).as_posix() for p in (REPO / "daemonctx").rglob("*.py")}
