@@ -108,14 +108,17 @@ class Greeter:
         selector.register(listener, selectors.EVENT_READ)
         selector.register(wake_r, selectors.EVENT_READ)
         while True:
-            for key, _ in selector.select():
+            events = selector.select()
+            # A reload asked for before a client connected applies to that client: the
+            # handler has run by now (Python runs it right after the wait returns).
+            if self.reload_requested:
+                self.reload_requested = False
+                self.reload()
+            for key, _ in events:
                 if key.fileobj is listener:
                     self.answer(listener)
                 else:
                     wake_r.recv(512)  # the signal numbers; the handlers already noted them
-            if self.reload_requested:
-                self.reload_requested = False
-                self.reload()
 
 
 def reopen_log(handler: logging.Handler) -> None:
