@@ -222,8 +222,18 @@ def test_decision_rate_budget_counts_restarts_over_every_slot_in_the_window() ->
     assert decision.action == "give-up"
     assert "after 3 restarts within 10 s (restart_burst=3, restart_interval=10)" in \
         decision.message
-    # once the window has moved on, the budget is there again
-    assert RestartBudget(budget.policy).decide(slots[0], _exit(), now=30).action == "restart"
+
+
+
+def test_decision_rate_budget_comes_back_once_the_window_has_moved_on() -> None:
+    budget = RestartBudget(RestartPolicy(restart_burst=3, restart_interval=10,
+                                         boot_retries=None))
+    slot = budget.new_slot()
+    assert [budget.decide(slot, _exit(), now=t).action for t in (0, 1, 2)] == ["restart"] * 3
+    assert budget.decide(slot, _exit(), now=9).action == "give-up"  # 3 within 10 s
+    # the same budget, later: the restarts at 0 and 1 s have left the window, 2 s has not
+    assert [budget.decide(slot, _exit(), now=t).action for t in (11.5, 11.6, 11.7)] == \
+        ["restart", "restart", "give-up"]
 
 
 def test_decision_lifetime_limit_gives_up_with_tornados_words() -> None:

@@ -263,7 +263,6 @@ class Supervisor:
         self._slots: dict[int, _Slot] = {}
         self._workers: dict[int, _Worker] = {}
         self._to_start: deque[_Slot] = deque()      # forked at the top of the loop, in order
-        self._successor_for: _Slot | None = None    # which of those replaces a rolling worker
         self._rolling: RollingRestart | None = None
         self._pending_signals: deque[int] = deque()
         self._saved_handlers: dict[int, _SignalHandler] = {}
@@ -279,12 +278,6 @@ class Supervisor:
         self._stopping = False
         self._announced = False
         self._failure: SupervisorError | None = None
-
-    @property
-    def worker_pids(self) -> dict[int, int]:
-        """The pid of the current worker of each task id (in the master; a snapshot)."""
-        return {tid: slot.current.pid for tid, slot in sorted(self._slots.items())
-                if slot.current is not None}
 
     # -- the public entry points ------------------------------------------------------------
 
@@ -553,10 +546,8 @@ class Supervisor:
             if worker is None:
                 return started
             slot.current = worker
-            if self._successor_for is slot:
-                self._successor_for = None
-                if self._rolling is not None:
-                    self._rolling.started(worker)
+            if self._rolling is not None:
+                self._rolling.forked(worker)
             started = True
         return started
 
@@ -684,7 +675,7 @@ class Supervisor:
 
     def _advance_rolling_restart(self, now: float) -> None:
         rolling = self._rolling
-        if rolling is None or self._stopping or self._successor_for is not None:
+        if rolling is None or self._stopping:
             return
 
         def current_of(task: int) -> _Worker | None:
@@ -695,9 +686,7 @@ class Supervisor:
         if isinstance(action, StartSuccessor):
             self._log("info", "replacing worker %d (pid %d)", action.task_id,
                       current_of(action.task_id).pid)  # type: ignore[union-attr]
-            slot = self._slots[action.task_id]
-            self._successor_for = slot
-            self._to_start.append(slot)
+            self._to_start.append(self._slots[action.task_id])
         elif isinstance(action, Retire):
             old = action.worker
             assert isinstance(old, _Worker)

@@ -7,8 +7,8 @@ timeout); once the old worker has exited, the next task id follows.  A successor
 it is ready abandons the restart: the old workers keep serving.
 
 The master asks it what to do next (:meth:`RollingRestart.next_action`) and tells it what
-happened (:meth:`started`, :meth:`exited`); it never forks or signals anything itself.  Dropping
-the object abandons the restart (a stop does).
+happened (:meth:`forked`, :meth:`exited`); it never forks or signals anything itself, so tests
+drive it with plain records.  Dropping the object abandons the restart (a stop does).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class RollingRestart:
             successor = self._successor
             if successor is not None and successor.ready and not old.retiring:
                 return Retire(old)
-            return None
+            return None  # the successor is being forked, or booting; or the old one stopping
         while self._pending:
             task = self._pending[0]
             current = current_of(task)
@@ -89,9 +89,13 @@ class RollingRestart:
             return StartSuccessor(task, current)
         return Finished()
 
-    def started(self, successor: Worker) -> None:
-        """The master forked the successor asked for by the last :class:`StartSuccessor`."""
-        self._successor = successor
+    def forked(self, worker: Worker) -> None:
+        """The master forked ``worker``: the successor, if the step in progress waits for one of
+        its task id (the master forks workers from one queue, in order)."""
+        old = self._old
+        if old is not None and self._successor is None and worker.task_id == old.task_id \
+                and worker is not old:
+            self._successor = worker
 
     def exited(self, worker: Worker) -> Worker | None:
         """A worker exited; if that abandons the restart, the old worker to keep, else None.
