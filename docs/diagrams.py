@@ -12,7 +12,8 @@ What is drawn:
   ``DaemonContext.open()`` (pids, parents, sessions, process groups, the terminal), used by
   docs/explanation/detach-sequence.md;
 * ``handshake.svg``: the launcher/daemon start-up handshake as a sequence diagram, used by
-  docs/explanation/startup-handshake.md.
+  docs/explanation/startup-handshake.md;
+* ``architecture.svg``: the modules in their layers, used by docs/explanation/architecture.md.
 
 The pids are an example (a shell 4000 runs ``python app.py`` as 4101); what the figures show
 is what daemonctx.context and daemonctx.steps do, in that order.  Output is deterministic, so an
@@ -313,6 +314,55 @@ def handshake() -> Svg:
     return svg
 
 
+# --- the modules -----------------------------------------------------------------------------
+
+#: The layers of daemonctx, top to bottom: a module imports only from its own layer or below
+#: (tests/test_architecture.py holds the code to this picture).
+LAYERS = [
+    ("entry points", [("cli", "the daemonctx command"),
+                      ("runner", "python-daemon's DaemonRunner"),
+                      ("__init__", "public names, lazily")]),
+    ("the API", [("context", "DaemonContext, in order"),
+                           ("supervisor/", "master, policy, rolling, worker"),
+                           ("control", "find the holder, stop, signal"),
+                           ("status", "LSB status, process tree")]),
+    ("one job each", [("options", "options -> one frozen Plan"),
+                      ("launcher", "the launching process; notify"),
+                      ("handshake", "the start-up report's wire"),
+                      ("steps", "one function per detach step"),
+                      ("signals", "the signal map")]),
+    ("primitives", [("pidfile", "flock pidfiles"), ("systemd", "sd_notify, LISTEN_FDS"),
+                    ("_proc", "/proc readers"), ("_os", "OS primitives"),
+                    ("_paths", "chroot path views"), ("errors", "exceptions")]),
+]
+LAYER_COLOURS = ["launcher", "daemon", "child", "shell"]
+#: Modules not drawn, each in the layer of the module it serves.
+COMPANIONS = {"__main__": "cli", "_notify_keeper": "launcher", "_signal_module": "_os"}
+
+
+def architecture() -> Svg:
+    """The modules in their layers; every import points down (or stays in its layer)."""
+    box_w, box_h, gap, band_h, left = 188, 52, 12, 92, 140
+    widest = max(len(modules) for _, modules in LAYERS)
+    width = left + widest * (box_w + gap) + 20
+    svg = Svg(width, 70 + len(LAYERS) * band_h + 10,
+              "daemonctx's modules in layers: imports point down only")
+    svg.text(20, 30, "daemonctx's modules: each layer imports only from itself and the "
+                     "layers below", size=15, bold=True)
+    for row, (title, modules) in enumerate(LAYERS):
+        top = 55 + row * band_h
+        fill, stroke = COLOURS[LAYER_COLOURS[row]]
+        svg.text(20, top + box_h / 2 + 5, title, size=13, bold=True, colour=MUTED)
+        for column, (name, job) in enumerate(modules):
+            x = left + column * (box_w + gap)
+            svg.rect(x, top, box_w, box_h, fill=fill, stroke=stroke)
+            svg.text(x + 10, top + 21, name, mono=True, bold=True, size=13)
+            svg.text(x + 10, top + 40, job, size=11, colour=MUTED)
+        if row + 1 < len(LAYERS):
+            svg.line(left - 20, top + box_h + 4, left - 20, top + band_h - 4, arrow=True)
+    return svg
+
+
 # --- main -----------------------------------------------------------------------------------
 
 
@@ -320,6 +370,7 @@ def drawings() -> dict[str, str]:
     """Every picture, by file name, as SVG text."""
     result = {f"{name}.svg": str(svg) for name, svg in process_trees().items()}
     result["handshake.svg"] = str(handshake())
+    result["architecture.svg"] = str(architecture())
     return result
 
 
