@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
 __all__ = [
+    "MAX_SCRIPT_DEPTH",
+    "MAX_SYMLINKS",
+    "Lookup",
+    "PathWalk",
     "above_closed_fds",
     "closed_fds_ceiling",
     "describe_wait_status",
@@ -37,10 +41,12 @@ __all__ = [
     "printable",
     "prctl_loaded",
     "record_closed_fds",
+    "script_interpreter",
     "set_child_subreaper",
     "set_parent_death_signal",
     "signal_name",
     "unlink_if_same",
+    "walk_path",
     "write_all",
 ]
 
@@ -197,41 +203,173 @@ def permits(st: os.stat_result, uid: int, gid: int, groups: Sequence[int], want:
     return bits & want == want
 
 
+#: Symbolic links one path lookup follows before the kernel gives up with ``ELOOP``.
+MAX_SYMLINKS = 40
+#: Scripts the kernel runs in one ``execve``: a script whose ``#!`` interpreter is a script,
+#: and so on, at most this many deep (Linux's ``exec_binprm``: the next one fails with
+#: ``ELOOP``).  The interpreter of the last one must be a binary.
+MAX_SCRIPT_DEPTH = 5
+# What the kernel reads of a file to find its "#!" line (BINPRM_BUF_SIZE, Linux 5.1 and later).
+_SCRIPT_HEADER_SIZE = 256
+
+
+class Lookup:
+    """One name looked up in one directory while a path is resolved, as the kernel does it.
+
+    ``directory`` is the directory the name was looked up in (a path without symbolic links,
+    as seen inside the walk's root), ``directory_st`` its ``lstat``, ``name`` the name and
+    ``entry`` the ``lstat`` of what the name links (``None`` if there is nothing).
+    """
+
+    __slots__ = ("directory", "directory_st", "entry", "name")
+
+    def __init__(self, directory: str, directory_st: os.stat_result, name: str,
+                 entry: os.stat_result | None) -> None:
+        self.directory = directory
+        self.directory_st = directory_st
+        self.name = name
+        self.entry = entry
+
+
+class PathWalk:
+    """Every lookup made to resolve one path: :attr:`lookups`, in order; see :func:`walk_path`.
+
+    ``error`` is 0 if the path names something, whose ``lstat`` is ``target`` (a file, a
+    directory: never a symbolic link); else the errno the kernel would give (``ENOENT`` with
+    the last lookup's ``entry`` None, ``ENOTDIR``, ``ELOOP``...) and ``target`` is None.
+    """
+
+    __slots__ = ("error", "lookups", "target")
+
+    def __init__(self, lookups: list[Lookup], target: os.stat_result | None,
+                 error: int) -> None:
+        self.lookups = lookups
+        self.target = target
+        self.error = error
+
+
+def walk_path(path: str, root: str = "/") -> PathWalk:
+    """Resolve the absolute ``path`` (as seen inside ``root``) name by name, with ``lstat``.
+
+    The walk the kernel makes, done from outside: each symbolic link met is read and its
+    target resolved in its turn (an absolute one from ``root``), ``..`` goes to the parent of
+    the directory reached (not of the name given), and every directory it passes through is
+    in :attr:`PathWalk.lookups` with its owner and mode.  So the caller can judge who could
+    change what the path names, or who could reach it, from every lookup it takes -- not only
+    from where it ends (``realpath()`` forgets the links on the way and the directories they
+    lie in).
+    """
+    import errno
+    import stat
+
+    top = os.path.abspath(root)
+
+    def host(inside: str) -> str:
+        return inside if top == "/" else top + inside
+
+    try:
+        root_st = os.lstat(top)
+    except OSError as exc:
+        return PathWalk([], None, exc.errno or errno.EIO)
+    pending = [name for name in path.split("/") if name][::-1]  # the next name is last
+    reached: list[tuple[str, os.stat_result]] = [("/", root_st)]  # directories, root first
+    lookups: list[Lookup] = []
+    target = root_st
+    links = 0
+    while pending:
+        name = pending.pop()
+        if name in (".", ".."):
+            if name == ".." and len(reached) > 1:
+                reached.pop()
+            target = reached[-1][1]
+            continue
+        directory, directory_st = reached[-1]
+        inside = os.path.join(directory, name)
+        try:
+            st = os.lstat(host(inside))
+        except FileNotFoundError:
+            lookups.append(Lookup(directory, directory_st, name, None))
+            return PathWalk(lookups, None, errno.ENOENT)
+        except OSError as exc:
+            return PathWalk(lookups, None, exc.errno or errno.EIO)
+        lookups.append(Lookup(directory, directory_st, name, st))
+        if stat.S_ISLNK(st.st_mode):
+            links += 1
+            try:
+                link = os.readlink(host(inside))
+            except OSError as exc:
+                return PathWalk(lookups, None, exc.errno or errno.EIO)
+            if links > MAX_SYMLINKS or not link:
+                return PathWalk(lookups, None, errno.ELOOP if link else errno.ENOENT)
+            if link.startswith("/"):
+                del reached[1:]
+            pending.extend(part for part in reversed(link.split("/")) if part)
+            target = reached[-1][1]
+            continue
+        if pending:
+            if not stat.S_ISDIR(st.st_mode):
+                return PathWalk(lookups, None, errno.ENOTDIR)
+            reached.append((inside, st))
+        target = st
+    return PathWalk(lookups, target, 0)
+
+
 def only_root_can_change(path: str) -> bool:
     """True if no user but root can change what ``path`` names.
 
-    Walking from ``/`` to the file (symbolic links in the directories resolved), each directory
-    must be root's and writable by nobody else -- or, like ``/tmp``, sticky, with the entry in
-    it root's too (in a sticky directory only an entry's owner can remove or replace it).  Only
-    then may a process running as root open ``path`` for a less privileged daemon without
-    opening what a local user planted there (a symbolic link to ``/etc/shadow``, a swapped
-    file).
+    Judged on the path as given, every name on the way looked up with ``lstat`` (see
+    :func:`walk_path`), through every symbolic link met and the links its target meets: each
+    directory a name is looked up in must be root's and writable by no one else (group and
+    others: with POSIX ACLs the group bits are the mask, so an ACL granting a user write shows
+    there).  A symbolic link in such a directory can only have been made by root, and its
+    target is judged the same way.  Only then may a process running as root open ``path`` for
+    a less privileged daemon without opening what a local user planted there (a link to
+    ``/etc/shadow`` as the file or as a directory on the way, a swapped file).  Root's own
+    links, such as Debian's ``/var/run -> /run``, keep the path root's.
+
+    A sticky directory writable by others (``/tmp``) is accepted for an entry root owns there
+    (a file, a directory or a link): the sticky bit lets no one but the entry's owner and the
+    directory's (root) remove, rename or replace it.  A name *missing* from such a directory is
+    not root's: any user may create it -- a link to a root-only file, say -- between this check
+    and root's open, and ``fs.protected_symlinks`` may be off.  So a new log file in ``/tmp``
+    is created with the daemon's user's rights.  A name missing from a directory only root can
+    write stays root's (root creates it).
     """
+    import errno
     import stat
 
-    target = os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path))),
-                          os.path.basename(path))
-    parts = [part for part in target.split("/") if part]
-    directory = "/"
-    for part in parts:
-        try:
-            st = os.stat(directory)
-        except OSError:
+    walk = walk_path(os.path.abspath(path))
+    for lookup in walk.lookups:
+        directory = lookup.directory_st
+        if directory.st_uid != 0:
             return False
-        if st.st_uid != 0:
-            return False
-        if st.st_mode & 0o022:
-            if not st.st_mode & stat.S_ISVTX:
+        if directory.st_mode & 0o022:
+            if not directory.st_mode & stat.S_ISVTX:
                 return False
-            try:
-                if os.lstat(os.path.join(directory, part)).st_uid != 0:
-                    return False
-            except FileNotFoundError:
-                pass  # created by root, then root's
-            except OSError:
+            if lookup.entry is None or lookup.entry.st_uid != 0:
                 return False
-        directory = os.path.join(directory, part)
-    return True
+    return walk.error in (0, errno.ENOENT)
+
+
+def script_interpreter(path: str) -> str | None:
+    """The interpreter a ``#!`` script at ``path`` names, as the kernel reads it; None if the
+    file is no script (or cannot be read).
+
+    The first word of the first line after ``#!`` (blanks skipped; it ends at a blank, a tab
+    or the end of the line), within the 256 bytes the kernel reads: ``""`` when there is none
+    (``execve`` then fails with ``ENOEXEC``).  Relative to the working directory of the
+    process that runs the script if it is not absolute.
+    """
+    try:
+        with open(path, "rb") as file:
+            header = file.read(_SCRIPT_HEADER_SIZE)
+    except OSError:
+        return None
+    if not header.startswith(b"#!"):
+        return None
+    line = header[2:].split(b"\n", 1)[0].replace(b"\t", b" ").replace(b"\0", b" ")
+    words = line.split(b" ")
+    return os.fsdecode(next((word for word in words if word), b""))
 
 
 def open_as_user(path: str, flags: int, mode: int, uid: int, gid: int,

@@ -474,10 +474,15 @@ def open_stream_path(name: str, target: str | os.PathLike[str], uid: int, gid: i
     """Open a ``stdin``/``stdout``/``stderr`` path in the launching process, for the daemon.
 
     Root starting a daemon as another user opens the path with the daemon's user's rights
-    wherever some user other than root could change what it names (a log directory the daemon
-    may write, say): that user could otherwise plant a symbolic or hard link to a file only
-    root may write, and root would append to it.  In directories only root can change, root
-    opens it.  The descriptor is recorded in ``opened`` (and the file, if this created it).
+    wherever some user other than root could change what it names: a log directory the daemon
+    may write, a symbolic link that user made anywhere on the way (as the file or as a
+    directory), a name not yet taken in a sticky directory such as ``/tmp``.  That user could
+    otherwise plant a link to a file or directory only root may write, and root would append
+    to that file or create one there; opened as that user, links are followed with that user's
+    rights only.  Where every directory on the way, through every link, is one only root can
+    change (see ``daemonctx._os.only_root_can_change``; root's own links such as
+    ``/var/run -> /run`` included), root opens it.  The descriptor is recorded in ``opened``
+    (and the file, if this created it).
     """
     path = os.path.abspath(text_path(name, target))
     flags = os.O_CLOEXEC | os.O_NOCTTY | (

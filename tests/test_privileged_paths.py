@@ -147,3 +147,124 @@ def test_a_log_in_a_directory_only_root_writes_is_still_opened_by_root(
     from tests.helpers import wait_file_text
 
     assert wait_file_text(log) == "hello\n"
+
+
+# --- symbolic links anywhere on the way (issue 14, #6, as the review found it) --------------
+
+
+@pytest.fixture
+def root_private(root_only_dir: Path) -> Path:
+    """A directory only root may enter (0700), holding a root-only file ``existing.log``."""
+    private = root_only_dir / "private"
+    private.mkdir(mode=0o700)
+    existing = private / "existing.log"
+    existing.write_text("ROOT ONLY\n")
+    existing.chmod(0o600)
+    return private
+
+
+def _plant_directory_link(layout: str, root_only_dir: Path, nobodys_log_dir: Path,
+                          root_private: Path) -> Path:
+    """Let nobody plant a link to ``root_private`` and return the log path through it."""
+    if layout == "log directory is the user's link":
+        home = root_only_dir / "home"  # the user's own directory, holding the "log directory"
+        home.mkdir()
+        os.chown(home, NOBODY, NOBODY)
+        planted = _as_nobody("ln", "-s", str(root_private), str(home / "logs"))
+        log = home / "logs" / "existing.log"
+    else:
+        planted = _as_nobody("ln", "-s", str(root_private), str(nobodys_log_dir / "current"))
+        name = "new.log" if layout.endswith("new file") else "existing.log"
+        log = nobodys_log_dir / "current" / name
+    assert planted.returncode == 0, planted.stderr
+    return log
+
+
+DIRECTORY_LINK_LAYOUTS = ("directory component, existing file",
+                          "directory component, new file",
+                          "log directory is the user's link")
+
+
+@pytest.mark.parametrize("layout", DIRECTORY_LINK_LAYOUTS)
+def test_a_link_the_daemons_user_planted_as_a_directory_on_the_way_is_not_followed_by_root(
+        layout: str, root_only_dir: Path, nobodys_log_dir: Path, root_private: Path,
+        world_dir: Path, pidfiles: list[Path]) -> None:
+    """Issue 14, #6 (review): root followed nobody's ``logs/current -> /root-only-dir``.
+
+    ``only_root_can_change`` resolved the directory with ``realpath()`` and judged only the
+    target, a directory only root may write: so root appended to its own 0600 file there, or
+    created a root-owned file in its 0700 directory.  The path must be judged as given, link by
+    link: the link lies in a directory nobody may write, so the file is opened as nobody.
+    """
+    log = _plant_directory_link(layout, root_only_dir, nobodys_log_dir, root_private)
+    pidfile = world_dir / "app.pid"
+    pidfiles.append(pidfile)
+    for command in ("start", "restart"):
+        result = run_cli(command, "--pidfile", str(pidfile), "--user", "nobody", "--stdout",
+                         str(log), "--wait", "0", "--", "/bin/sh", "-c",
+                         "echo owned; exec sleep 600")
+        assert result.returncode == 3, result.stderr
+        assert (f"the daemon's user (uid {NOBODY}) cannot open {str(log)!r} for appending: "
+                f"Permission denied") in result.stderr
+        assert_one_line_error(result)
+    assert (root_private / "existing.log").read_text() == "ROOT ONLY\n"
+    assert sorted(os.listdir(root_private)) == ["existing.log"], "root created a file there"
+    assert not pidfile.exists()
+
+
+@pytest.mark.parametrize("layout", DIRECTORY_LINK_LAYOUTS)
+def test_the_library_does_not_follow_a_directory_link_of_the_daemons_user_with_roots_rights(
+        layout: str, root_only_dir: Path, nobodys_log_dir: Path, root_private: Path) -> None:
+    """Issue 14, #6 (review), through ``DaemonContext(uid=..., stdout=path)``."""
+    import daemonctx
+    from daemonctx.errors import DaemonOptionError
+
+    log = _plant_directory_link(layout, root_only_dir, nobodys_log_dir, root_private)
+    context = daemonctx.DaemonContext(uid="nobody", stdout=str(log))
+    with pytest.raises(DaemonOptionError, match=r"cannot open .* for appending: Permission"):
+        context.check_options()
+    assert (root_private / "existing.log").read_text() == "ROOT ONLY\n"
+    assert sorted(os.listdir(root_private)) == ["existing.log"]
+
+
+def test_a_log_directory_reached_through_roots_own_links_is_still_opened_by_root(
+        root_only_dir: Path, world_dir: Path, pidfiles: list[Path]) -> None:
+    """Debian's ``/var/run -> /run``: links root made in directories only root may write.
+
+    Judging the path link by link (issue 14, #6) must keep such a chain root's: the log is
+    opened by root, in root's directory, for the daemon to write through root's descriptor.
+    """
+    real = root_only_dir / "real-logs"
+    real.mkdir()
+    var = root_only_dir / "var"
+    var.mkdir()
+    (var / "log").symlink_to("../real-logs")  # relative, as /var/run -> /run is on some systems
+    (root_only_dir / "log").symlink_to(var / "log")  # absolute, to a link
+    log = root_only_dir / "log" / "app.log"
+    pidfile = world_dir / "app.pid"
+    pidfiles.append(pidfile)
+    result = run_cli("start", "--pidfile", str(pidfile), "--user", "nobody", "--stdout",
+                     str(log), "--", "/bin/sh", "-c", "echo hello; exec sleep 600")
+    assert result.returncode == 0, result.stderr
+    assert (real / "app.log").stat().st_uid == 0
+    from tests.helpers import wait_file_text
+
+    assert wait_file_text(real / "app.log") == "hello\n"
+
+
+def test_a_new_log_in_a_sticky_shared_directory_is_created_by_the_daemons_user(
+        world_dir: Path, pidfiles: list[Path]) -> None:
+    """Issue 14, #6: in a sticky directory (``/tmp``) any user may create a name root has not.
+
+    A name missing there could be taken (a link planted) between root's check and root's open,
+    so the file is created by the daemon's user; an entry root owns there stays root's to open,
+    since the sticky bit lets no one else remove or rename it.
+    """
+    log = world_dir / "app.log"
+    pidfile = world_dir / "app.pid"
+    pidfiles.append(pidfile)
+    result = run_cli("start", "--pidfile", str(pidfile), "--user", "nobody", "--stdout",
+                     str(log), "--", "/bin/sh", "-c", "echo hello; exec sleep 600")
+    assert result.returncode == 0, result.stderr
+    assert log.stat().st_uid == NOBODY
+
