@@ -81,10 +81,11 @@ examples:
   daemonctx start --pidfile /run/app.pid --notify --timeout 30 -- /usr/sbin/app --foreground
   daemonctx status --pidfile /run/web.pid          # exit 0 running, 1 dead, 3 stopped
   daemonctx status --pidfile /run/web.pid --json
-  daemonctx reload --pidfile /run/web.pid          # SIGHUP
-  daemonctx signal USR1 --pidfile /run/web.pid
+  daemonctx reload --pidfile /run/app.pid          # SIGHUP
+  daemonctx signal USR1 --pidfile /run/app.pid
   daemonctx stop --pidfile /run/web.pid --retry TERM/30/KILL/5
-  daemonctx restart --pidfile /run/web.pid -- /usr/bin/python3 -m http.server 8080
+  daemonctx restart --pidfile /run/web.pid --user www-data --chdir /srv/web \\
+      --stdout /var/log/web.log -- /usr/bin/python3 -m http.server 8080
 
 The daemon is whatever process holds the pidfile's lock (flock): a leftover pidfile naming a
 dead or recycled pid is never taken for a running daemon, and never signalled.
