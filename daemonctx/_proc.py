@@ -24,15 +24,20 @@ __all__ = [
     "command_line",
     "descendant_pidfds",
     "file_identity",
+    "has_environment_entry",
     "holds_flock",
     "is_alive",
+    "live_lock_holders",
     "parent_pid",
     "pidfds_if",
+    "process_ids",
     "processes_holding_flock",
+    "processes_with_environment_entry",
     "processes_locking_removed",
     "rss",
     "session_id",
     "session_members",
+    "start_ticks",
     "uptime",
 ]
 
@@ -270,3 +275,71 @@ def rss(pid: int) -> int | None:
     except (ValueError, IndexError):
         return None
     return None if pages is None else pages * os.sysconf("SC_PAGE_SIZE")
+
+
+# --- additions: start times, lock holders by liveness, environments --------------------------
+
+
+def process_ids() -> list[int] | None:
+    """Every process in ``/proc`` but this one; None where ``/proc`` cannot be listed (chroot)."""
+    try:
+        return _all_pids()
+    except OSError:
+        return None
+
+
+def start_ticks(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (``/proc/<pid>/stat`` field 22), or None.
+
+    The clock is the boot-time clock (``CLOCK_BOOTTIME``) in ticks of ``SC_CLK_TCK``.
+    """
+    fields = _stat_fields(pid)
+    try:
+        return int(fields[19]) if fields is not None else None
+    except (IndexError, ValueError):
+        return None
+
+
+def live_lock_holders(path: str, named: int | None) -> list[int]:
+    """The live processes that hold the ``flock`` of the file at ``path``; ``named`` took it.
+
+    ``/proc/locks`` names the process that called ``flock`` (``named``).  While it lives and
+    still has the file open, it is the holder.  Once it has exited, the lock stays with the
+    processes it forked or passed the descriptor to: those are found through every process's
+    fds (:func:`processes_holding_flock`).  ``[named]`` when that cannot be told (no ``/proc``:
+    a chroot), and ``[]`` when the processes holding it cannot be seen (another user's).
+    """
+    identity = file_identity(path)
+    if named is not None and holds_flock(named, identity) is not False:
+        return [named]
+    try:
+        return processes_holding_flock(path)
+    except OSError:
+        return [] if named is None else [named]
+
+
+def has_environment_entry(pid: int, entry: bytes) -> bool:
+    """True if ``pid`` was executed with ``entry`` (``NAME=value``, exact) in its environment.
+
+    Read from ``/proc/<pid>/environ``: the environment the program was executed with, as its
+    memory still holds it (a later ``unsetenv`` in the process does not remove it; a process
+    forked without ``exec`` shows its parent's).  False when unreadable: another user's
+    process, or one that made itself non-dumpable.
+    """
+    raw = _read(f"/proc/{pid}/environ")
+    return raw is not None and entry in raw.split(b"\0")
+
+
+def processes_with_environment_entry(entry: bytes,
+                                     pids: Iterable[int] | None = None) -> list[int] | None:
+    """The processes whose environment holds ``entry`` (see :func:`has_environment_entry`).
+
+    ``pids`` limits the scan (default: every process but this one).  None if ``/proc`` cannot
+    be listed.
+    """
+    if pids is None:
+        listed = process_ids()
+        if listed is None:
+            return None
+        pids = listed
+    return [pid for pid in pids if has_environment_entry(pid, entry)]

@@ -711,7 +711,7 @@ def _preload_modules() -> None:
 
 def _run_start(plan: _StartPlan) -> int:
     from daemonctx.control import find_removed_pidfile_holder
-    from daemonctx.launcher import NotifyListener
+    from daemonctx.launcher import NotifyListener, lock_holders_phrase
     from daemonctx.pidfile import PIDFile, PIDFileLockedError
 
     _preload_modules()
@@ -737,10 +737,11 @@ def _run_start(plan: _StartPlan) -> int:
     except PIDFileLockedError as exc:
         if notify is not None:
             notify.close()
+        # the live holders: the pid that took the lock may have exited, leaving it to others
+        holder = lock_holders_phrase(plan.pidfile, exc.pid)
         if plan.oknodo:
-            _say(plan.verbose, plan.command_name, f"already running as pid {exc.pid}")
+            _say(plan.verbose, plan.command_name, f"already running as {holder}")
             return EXIT_OK
-        holder = f"pid {exc.pid}" if exc.pid is not None else "another process"
         _error(plan.command_name, f"already running as {holder} (pidfile {plan.pidfile})")
         return EXIT_NOTHING_DONE
     except BaseException:

@@ -189,7 +189,7 @@ class DaemonContext:
         if plan.detach and not waits:
             steps.detach_process_context(lambda child_pid: os._exit(0))
         elif plan.detach:
-            launch = self._launch = Launch(plan.startup_timeout)
+            launch = self._launch = Launch(plan.startup_timeout, plan.pidfile)
             keep |= {launch.report_w}
             try:
                 steps.detach_process_context(self._run_launcher, announce=launch.announce)

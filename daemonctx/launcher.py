@@ -13,18 +13,23 @@ and exits with a truthful status.  :class:`Launch` is that wait and what follows
   before a chroot), the launcher becomes a child subreaper before it forks, so the processes
   the daemon orphans are re-parented to it: its own unreaped children.  Loading ``prctl``
   otherwise would cost milliseconds on the daemon's path; such processes are then found
-  through the daemon's session instead.
+  through the daemon's session instead, and those that left it (``setsid``) through the lock
+  they hold: ``/proc/locks`` names the daemon as the process that took the lock of its
+  pidfile, so whoever shares that lock got the daemon's open file (found only after a
+  failure, off the daemon's path).
 * **Reading the report** (:mod:`daemonctx.handshake` is the wire format) while watching the
   pidfd: a daemon that dies without a word is seen at once, even when a process it forked keeps
   the report pipe open.
 * **Leaving nothing behind when a start fails** (:meth:`Launch.stop_all`): a daemon that timed
   out, and whatever a failed daemon left running (a helper process, a child in a session of
   its own), is stopped (SIGTERM, then SIGKILL after a grace) and reaped -- only processes that
-  are provably this start's (``Launch._processes_of_this_start``).
+  are provably this start's (``Launch._processes_of_this_start``); then the daemon's pidfile,
+  if it still names the daemon and nobody holds its lock, is removed.  A lock holder that is
+  not this start's is named -- the live processes holding it, not the pid that took it.
 * **Readiness over sd_notify** for the ``daemonctx`` command (:class:`NotifyListener`): the
   ``NOTIFY_SOCKET`` a program reports ``READY=1`` on, with barriers honoured, and handed over to
-  a small keeper process for the program's lifetime once it is ready (see
-  ``daemonctx._notify_keeper``).
+  a small keeper process once it is ready, which answers it as long as any process has the
+  address in its environment (see ``daemonctx._notify_keeper``).
 
 Linux first: pidfds and ``PR_SET_CHILD_SUBREAPER``.  Where they are missing, the launcher still
 waits and reports, but never signals a process it cannot prove is the daemon.
@@ -101,8 +106,12 @@ class Launch:
     child go.
     """
 
-    def __init__(self, timeout: float | None) -> None:
+    def __init__(self, timeout: float | None, pidfile: object = None) -> None:
         self.timeout = timeout  # how long wait() waits for the report (None: no limit)
+        # Read only after a failed start: the daemon's pidfile (DaemonContext's ``pidfile``),
+        # and when this start began, on the clock of /proc's process start times.
+        self.pidfile = pidfile
+        self.began = _boot_clock()
         self.report_r, self.report_w = os.pipe()  # close-on-exec, as every fd Python makes
         self.pid_r, self.pid_w = os.pipe()  # the intermediate child's: the pid, then a status
         self.go_r, self.go_w = os.pipe()  # the launcher's verdict: the intermediate may go
@@ -125,9 +134,12 @@ class Launch:
         """In the intermediate child: send the daemon's pid, stay its parent until the verdict.
 
         While it waits, the daemon is its unreaped child: the pid cannot be anybody else's, so
-        the launcher's pidfd on it is the daemon's.  If the daemon dies first, it reaps it and
-        sends ``exit <status>``, as only a parent can learn it.  The launcher's word (a byte,
-        or the end of file if the launcher is gone) ends the wait.
+        the launcher's pidfd on it is the daemon's.  If the daemon dies first, it sends ``exit
+        <status>``, as only a parent can learn it, and leaves it a zombie until the verdict:
+        however late the launcher opens its pidfd, and whatever it checks against the daemon's
+        pid meanwhile (the lock it took), that pid is still the daemon's.  The launcher's word
+        (a byte, or the end of file if the launcher is gone) ends the wait; a dead daemon is
+        reaped then.
         """
         _os.write_all(self.pid_w, f"{daemon_pid}\n".encode())
         for fd in (self.go_w, self.report_r, self.report_w):  # the end of file is not ours
@@ -139,9 +151,13 @@ class Launch:
         watched = [self.go_r] + ([daemon] if daemon is not None else [])
         try:
             if daemon in select.select(watched, [], [])[0]:
-                _, status = os.waitpid(daemon_pid, 0)
-                code = os.waitstatus_to_exitcode(status)
-                _os.write_all(self.pid_w, f"exit {code}\n".encode())
+                ended = os.waitid(os.P_PID, daemon_pid, os.WEXITED | os.WNOWAIT)
+                if ended is not None:  # None only with WNOHANG
+                    code = ended.si_status if ended.si_code == os.CLD_EXITED \
+                        else -ended.si_status
+                    _os.write_all(self.pid_w, f"exit {code}\n".encode())
+                select.select([self.go_r], [], [])
+                os.waitpid(daemon_pid, 0)
         except OSError:
             pass
 
@@ -218,8 +234,11 @@ class Launch:
 
         A daemon that reported a failure gets :data:`STOP_GRACE` seconds to exit on its own; a
         daemon that timed out is stopped; then every process the start left (the daemon's
-        descendants, its session, orphans re-parented to the launcher) is stopped and reaped.  A
-        good report is returned unchanged.
+        descendants, its session, orphans re-parented to the launcher, holders of the lock it
+        took) is stopped and reaped.  Then the daemon's pidfile, if it is a
+        :class:`~daemonctx.PIDFile` naming the daemon, is removed once nobody holds its lock; a
+        lock the daemon took that is still held is named in the report.  A good report is
+        returned unchanged.
         """
         if report.ok:
             return report
@@ -228,7 +247,8 @@ class Launch:
         stopped = self.stop_all()
         if report.state == "died" and self.daemon_status is not None:
             report = self._death_report()  # its exit status is known by now
-        return report.replace(message=report.message + self.stopped_note(stopped))
+        note = self.stopped_note(stopped) + self._free_daemon_pidfile()
+        return report.replace(message=report.message + note)
 
     def stopped_note(self, stopped: list[int]) -> str:
         """``"; stopped it; stopped 2 processes it left running (pid 8, 9)"``, or ``""``."""
@@ -245,8 +265,9 @@ class Launch:
         """After a start judged failed later (the command's): leave nothing of it; a note.
 
         Stops everything this start left (:meth:`stop_all`), then frees ``pidfile`` (as this
-        process sees it; ``shown`` as the user named it): a lock still held by a process this
-        start did not begin is named, not signalled; a leftover unlocked file is removed.
+        process sees it; ``shown`` as the user named it): a lock still held by processes this
+        start did not begin is named (the live ones, as ``lock_holders_phrase`` names them),
+        not signalled; a leftover unlocked file is removed.
         """
         from daemonctx.pidfile import holder_pid, remove_stale_pidfile
 
@@ -258,8 +279,7 @@ class Launch:
         except DaemonError:
             holder = None
         if holder is not None:
-            return note + (f"; pid {holder} still holds the lock of {shown or pidfile} and is not "
-                           f"a process this start began: left running")
+            return note + _left_holding_note(pidfile, holder, shown or pidfile)
         remove_stale_pidfile(pidfile)
         return note
 
@@ -424,6 +444,8 @@ class Launch:
           subreaper);
         * the members of the daemon's session, checked after opening (a session's id is never
           given to a new process while the session has members);
+        * the holders of the lock the daemon took on its pidfile (``_lock_holders_of_this_start``:
+          what a helper in a session of its own still holds when the launcher is no subreaper);
         * and the descendants of all these, each checked to be its parent's child after
           opening.
         """
@@ -442,6 +464,7 @@ class Launch:
                        if pid not in seen and pid != session]
             found += _proc.pidfds_if(members, lambda pid: _proc.session_id(pid) == session)
             seen.update(pid for pid, _ in found)
+        found += self._lock_holders_of_this_start(seen)
         for pid, fd in _proc.descendant_pidfds([pid for pid, _ in found]):
             if pid in seen:
                 os.close(fd)
@@ -449,6 +472,81 @@ class Launch:
                 found.append((pid, fd))
                 seen.add(pid)
         return found
+
+    def _pidfile_path(self) -> str | None:
+        """The daemon's pidfile, if it is a :class:`~daemonctx.PIDFile` (an ``flock`` to read)."""
+        if self.pidfile is None:
+            return None
+        from daemonctx.pidfile import PIDFile
+
+        return self.pidfile.path if isinstance(self.pidfile, PIDFile) else None
+
+    def _lock_taken_by_daemon(self, path: str) -> bool:
+        """Whether the lock of ``path`` is held, and was taken by this start's daemon.
+
+        ``/proc/locks`` names the process that called ``flock``: the daemon's pid.  While the
+        daemon lives (its pidfd says so) that pid is the daemon; once it has exited, the pid is
+        still the daemon's only if no live process has taken it over (which might have taken a
+        lock of its own).
+        """
+        from daemonctx.pidfile import holder_pid
+
+        daemon = self.daemon_pid
+        if daemon is None or self.daemon_pidfd is None:
+            return False
+        try:
+            if holder_pid(path) != daemon:
+                return False
+        except DaemonError:
+            return False
+        return not _exited(self.daemon_pidfd) or not _proc.is_alive(daemon)
+
+    def _lock_holders_of_this_start(self, seen: set[int]) -> list[tuple[int, int]]:
+        """Pidfds on the processes that hold the lock the daemon took (checked after opening).
+
+        They share the daemon's open file description: the daemon forked them, or passed them
+        its descriptor.  One that already ran before this start began (to the clock tick) was
+        passed it, and is not this start's: never signalled, only named.  Empty where the
+        pidfile is not a :class:`~daemonctx.PIDFile` or the daemon's lock is gone.
+        """
+        path = self._pidfile_path()
+        if path is None or self.began is None or not self._lock_taken_by_daemon(path):
+            return []
+        identity = _proc.file_identity(path)
+        earliest = int(self.began * os.sysconf("SC_CLK_TCK"))
+
+        def of_this_start(pid: int) -> bool:
+            started = _proc.start_ticks(pid)
+            return (started is not None and started >= earliest
+                    and _proc.holds_flock(pid, identity) is True
+                    and self._lock_taken_by_daemon(path))
+
+        holders = [pid for pid in _proc.live_lock_holders(path, None) if pid not in seen]
+        found = _proc.pidfds_if(holders, of_this_start)
+        seen.update(pid for pid, _ in found)
+        return found
+
+    def _free_daemon_pidfile(self) -> str:
+        """After a failed start's stop: remove the daemon's pidfile, or name who holds it.
+
+        Removed only if it names the daemon and nobody holds its lock (the removal takes the
+        lock first).  A lock the daemon took that is still held gets a note; a lock another
+        process took (a running instance that won the race for it) is none of this start's.
+        """
+        path = self._pidfile_path()
+        if path is None or self.daemon_pid is None:
+            return ""
+        from daemonctx.pidfile import PIDFile, holder_pid, remove_stale_pidfile
+
+        try:
+            holder = holder_pid(path)
+        except DaemonError:
+            return ""
+        if holder is not None:
+            return _left_holding_note(path, holder, path) if holder == self.daemon_pid else ""
+        if PIDFile(path).read_pid() == self.daemon_pid:
+            remove_stale_pidfile(path)
+        return ""
 
     def _reap_children(self) -> None:
         for pid in _proc.children(os.getpid()):
@@ -473,6 +571,41 @@ class Launch:
         status = 128 - code if code < 0 else code
         return handshake.StartupReport(
             "died", pid, f"{who} {_os.describe_wait_status(code)} during start-up", status or 1)
+
+
+def lock_holders_phrase(path: str, named: int | None) -> str:
+    """Who holds the lock of the pidfile at ``path``, for a message: ``"pid 42"``, ``"pids 4, 5"``.
+
+    ``named`` is the pid ``/proc/locks`` gives (:func:`daemonctx.pidfile.holder_pid`): the
+    process that took the lock.  Once it has exited, the live processes still holding the lock
+    (those it forked, or passed the descriptor to) are named instead
+    (``daemonctx._proc.live_lock_holders``), never the dead pid alone.
+    """
+    return _lock_holders(path, named)[0]
+
+
+def _lock_holders(path: str, named: int | None) -> tuple[str, bool]:
+    """(``lock_holders_phrase(path, named)``, whether it names more than one process)."""
+    holders = _proc.live_lock_holders(path, named)
+    if len(holders) == 1:
+        return f"pid {holders[0]}", False
+    if holders:
+        return f"pids {', '.join(map(str, holders))}", True
+    if named is None:
+        return "another process", False
+    return f"processes left by pid {named} (exited)", True
+
+
+def _left_holding_note(path: str, named: int, shown: str) -> str:
+    holders, several = _lock_holders(path, named)
+    return (f"; {holders} still hold{'' if several else 's'} the lock of {shown} and "
+            f"{'are not processes' if several else 'is not a process'} this start began: "
+            f"left running")
+
+
+def _boot_clock() -> float | None:
+    clock = getattr(time, "CLOCK_BOOTTIME", None)  # Linux: what /proc's start times count
+    return None if clock is None else time.clock_gettime(clock)
 
 
 def _status_hint(status: str) -> str:
@@ -517,6 +650,7 @@ def _wait_all(pidfds: list[int], timeout: float) -> None:
 
 #: The largest EXTEND_TIMEOUT_USEC honoured, in seconds (systemd's "infinity" is 2**64-1 µs).
 MAX_EXTENSION = 365 * 24 * 3600
+_MAX_EXTENSION_USEC = MAX_EXTENSION * 1_000_000
 
 
 class Notification:
@@ -557,8 +691,20 @@ def parse_notification(data: bytes) -> Notification:
         elif key == "EXTEND_TIMEOUT_USEC":
             usec = value.strip()
             if usec.isascii() and usec.isdigit():
-                note.extend = min(int(usec) / 1e6, MAX_EXTENSION)
+                note.extend = _clamped_count(usec, _MAX_EXTENSION_USEC) / 1e6
     return note
+
+
+def _clamped_count(digits: str, limit: int) -> int:
+    """The ASCII decimal ``digits`` as an int no larger than ``limit``, however many there are.
+
+    Clamped before any conversion: ``int()`` refuses more than 4300 digits, and dividing a
+    310-digit integer into a float overflows.
+    """
+    significant = digits.lstrip("0")
+    if len(significant) > len(str(limit)):
+        return limit
+    return min(int(significant or "0"), limit)
 
 
 def describe_errno(text: str) -> str:
@@ -567,7 +713,8 @@ def describe_errno(text: str) -> str:
 
     if not (text.isascii() and text.isdigit()):
         return f"{_os.printable(text)} (not an errno number)"
-    number = int(text)
+    number = _clamped_count(text, 2**63)  # past any errno: shown as given, "unknown error"
+    shown = text.lstrip("0") or "0"
     name = errno_codes.errorcode.get(number, "")
     try:
         reason = os.strerror(number) if 0 < number < 2**31 else ""
@@ -575,7 +722,7 @@ def describe_errno(text: str) -> str:
         reason = ""
     if not reason or reason.startswith("Unknown error"):
         reason = "unknown error"
-    return f"{number} ({name + ': ' if name else ''}{reason})"
+    return f"{shown} ({name + ': ' if name else ''}{reason})"
 
 
 class NotifyListener:
@@ -589,9 +736,10 @@ class NotifyListener:
     message) and drops ``FDSTORE=1`` descriptors, which nobody stores here.
 
     Once the program is ready, :meth:`hand_over` passes the socket to a keeper process that
-    answers it until the program exits, as a service manager would: later messages (``STATUS=``,
+    answers it as a service manager would, for as long as any process (the program, a worker it
+    forked that outlives it) has the address in its environment: later messages (``STATUS=``,
     ``WATCHDOG=1``, barriers) succeed, and the name, which other local users can read in
-    ``/proc/net/unix``, is never free for one of them to bind while the program may send to it.
+    ``/proc/net/unix``, is never free for one of them to bind while a process may send to it.
     """
 
     def __init__(self, allowed_uids: set[int]) -> None:
@@ -669,11 +817,12 @@ class NotifyListener:
         self.sock.detach()
 
     def hand_over(self, program_pidfd: int, uid: int | None, gid: int | None) -> int | None:
-        """Start the keeper that answers the socket until the program exits; its pid or None.
+        """Start the keeper that answers the socket while it may be used; its pid or None.
 
         The keeper (``daemonctx._notify_keeper``) gets the socket and a pidfd on the program,
         runs in a session of its own with stdio on ``/dev/null``, drops to ``uid``/``gid`` when
-        started by root, and exits when the program does.
+        started by root, and exits once neither the program nor any other process has the
+        address in its environment.
         """
         from daemonctx import _notify_keeper
 

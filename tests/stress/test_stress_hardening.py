@@ -7,12 +7,13 @@ held over many runs and against adversaries:
 * ``systemd-notify --ready`` in a ``sh -e`` script, 100 starts in a row while CPU hogs keep
   the machine busy: every barrier answered, every start a success;
 * another local user racing to bind the notify socket's name (readable by anyone in
-  ``/proc/net/unix``) while the program keeps sending status lines: never binds it while the
-  program runs, never reads a line;
+  ``/proc/net/unix``) while the program, or a worker that outlived it, keeps sending status
+  lines: never binds it while they run, never reads a line;
 * a daemon dying during start-up with a helper holding the start-up pipe, its pid recycled at
   once in a fresh pid namespace: the innocent process holding it is never signalled;
 * programs leaving a child in a session of its own, then exiting or never sending READY=1:
-  nothing outlives the failed start, not even a holder of the pidfile's lock;
+  nothing outlives the failed start, not even a holder of the pidfile's lock; the same for
+  ``DaemonContext`` daemons, whose launcher is no subreaper, and their pidfiles are removed;
 * any sequence of sd_notify lines: a documented outcome (started, or status 3 and one line),
   the one sd_notify(3) gives them (lines end at newlines only), and nothing left running;
 * the daemon's user replacing the log file in its own directory with links to a root-only
@@ -56,7 +57,7 @@ from tests.helpers import (
     write_script,
 )
 from tests.stress.support import Figures, census
-from tests.test_launcher_cleanup import APP, HARNESS
+from tests.test_launcher_cleanup import APP, HARNESS, LIBRARY_APP
 
 pytestmark = pytest.mark.stress
 
@@ -337,7 +338,9 @@ log.write(f"attempts {attempts} won {won} got {got}\\n")
 
 # The service: READY=1, then a secret status line every 2 ms (sendto by name each time, as
 # systemd-notify does) until SIGTERM; in a file: how many it sent, how many sends failed, and
-# (at SIGTERM) the last moment it ran, on the system-wide monotonic clock.
+# (at SIGTERM) the last moment it ran, on the system-wide monotonic clock.  With "fork" (the
+# outside review's variant of issue 14 #1), a worker it forked after READY=1 sends the lines
+# (its pid in <counts>.worker), and the program itself exits at SIGUSR1.
 SECRET_SENDER = """
 import os, signal, socket, sys, time
 
@@ -357,7 +360,14 @@ def stop(signum, frame):
     os._exit(0)
 
 signal.signal(signal.SIGTERM, stop)
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
 sock.sendto(b"READY=1", address)
+if sys.argv[3:4] == ["fork"]:  # the worker sends; the program exits at SIGUSR1
+    if os.fork():
+        signal.sigwait({signal.SIGUSR1})
+        os._exit(0)
+    with open(counts + ".worker", "w") as out:
+        out.write(str(os.getpid()))
 while True:
     try:
         sock.sendto(f"STATUS=secret-{sent}".encode(), address)
@@ -392,28 +402,38 @@ def test_local_user_racing_for_the_notify_socket_never_receives_a_message(
                               str(log)], stdin=subprocess.DEVNULL)
     spawned.append(racer.pid)
     wait_file_text(log, predicate=lambda text: "racing" in text)
-    ended_at: dict[str, float] = {}  # socket name -> the last moment its program ran
+    ended_at: dict[str, float] = {}  # socket name -> the last moment its sender ran
     programs: set[int] = set()
-    sent = refused = cycles = 0
+    sent = refused = cycles = worker_cycles = 0
     try:
         for cycle in range(RACED_CYCLES):
             counts = tmp_path / f"counts-{cycle}"
+            by_worker = cycle % 2 == 1
             result = daemonctx_command(tmp_path, "start", "--notify", "--timeout", "20",
                                        "--pidfile", str(pid_path), "--", PYTHON,
-                                       str(sender), str(counts), MARK)
+                                       str(sender), str(counts), MARK,
+                                       *(["fork"] if by_worker else []))
             assert result.returncode == 0, result.stderr
             cycles += 1
             program = holder_pid(pid_path)
             assert program is not None
             programs.add(program)
             name = notify_socket_of(program)[1:]
+            sender_pid = program
+            if by_worker:  # the program exits; its worker goes on sending
+                sender_pid = int(wait_file_text(Path(f"{counts}.worker")))
+                spawned.append(sender_pid)
+                os.kill(program, signal.SIGUSR1)
+                wait_pid_gone(program)
+                worker_cycles += 1
+            before = _sender_counts(counts)[0]
             # the racer tried to take the name while the program sent its secrets
             wait_file_text(log, predicate=lambda text: f"seen {name}\n" in text)  # noqa: B023
-            wait_for(lambda: _sender_counts(counts)[0] >= 30,  # noqa: B023
-                     what="the program to send 30 secret lines")
+            wait_for(lambda: _sender_counts(counts)[0] >= before + 30,  # noqa: B023
+                     what="the sender to send 30 secret lines")
             stop = daemonctx_command(tmp_path, "stop", "--pidfile", str(pid_path))
             assert stop.returncode == 0, stop.stderr
-            wait_pid_gone(program)
+            wait_pid_gone(sender_pid)
             these, failed, last = _sender_counts(counts)
             assert last is not None, "the program did not report its end"
             sent, refused, ended_at[name] = sent + these, refused + failed, last
@@ -431,7 +451,8 @@ def test_local_user_racing_for_the_notify_socket_never_receives_a_message(
         received = [e for e in events if e.startswith("got ")]
         secrets = [e for e in received if "secret-" in e]
         left = left_running(programs)
-        figures(cycles=cycles, bind_attempts=attempts,
+        figures(cycles=cycles, cycles_sent_by_a_worker_outliving_the_program=worker_cycles,
+                bind_attempts=attempts,
                 names_raced=sum(1 for e in events if e.startswith("seen ")),
                 binds_won_while_serving=len(during),
                 binds_won_after_the_program_ended=len(wins) - len(during),
@@ -541,6 +562,58 @@ def test_programs_escaping_into_new_sessions_never_outlive_a_failed_start(
                 problems.append(f"run {run} ({kind}): status exit {status.returncode}: "
                                 f"{status.stdout!r}")
             for pid in running:  # so that one leak does not spoil the next runs
+                kill_tree(pid)
+    finally:
+        figures(runs=runs, outcomes=outcomes, leftovers=leftovers,
+                lock_holders_after=holders_after, pidfiles_left=pidfiles_left)
+    assert not problems, problems[:5]
+
+
+def test_library_daemons_leaving_helpers_in_new_sessions_never_outlive_a_failed_start(
+        tmp_path: Path, figures: Figures) -> None:
+    """The outside review's item 3, through DaemonContext (a launcher that is no subreaper).
+
+    Daemons that die during start-up, half of them after forking a helper into a session of
+    its own that keeps the pidfile's descriptor: nothing survives, nobody holds the lock, the
+    pidfile is gone and ``status`` says 3.
+    """
+    runs = leftovers = holders_after = pidfiles_left = 0
+    problems: list[str] = []
+    outcomes: dict[str, int] = {}
+    app = write_script(tmp_path, LIBRARY_APP, "app.py")
+    try:
+        for run in range(ESCAPE_RUNS):
+            rundir = tmp_path / f"run-{run}"
+            rundir.mkdir()
+            mode = "setsid-helper" if run % 2 == 0 else "die"
+            result = subprocess.run([PYTHON, str(app), str(rundir), mode, MARK],
+                                    capture_output=True, text=True, timeout=60)
+            runs += 1
+            pidfile = rundir / "app.pid"
+            running = census(MARK)
+            holders = lock_holders(pidfile)
+            status = daemonctx_command(tmp_path, "status", "--pidfile", str(pidfile))
+            key = f"{mode}: exit {result.returncode}"
+            outcomes[key] = outcomes.get(key, 0) + 1
+            if result.returncode != 3:
+                problems.append(f"run {run} ({mode}): exit {result.returncode}: "
+                                f"{result.stderr!r}")
+            if mode == "setsid-helper":
+                helper = int(wait_file_text(rundir / "helper.pid"))
+                if f"stopped 1 process it left running (pid {helper})" not in result.stderr:
+                    problems.append(f"run {run} ({mode}): {result.stderr!r}")
+            if running:
+                leftovers += 1
+                problems.append(f"run {run} ({mode}): left running {running}")
+            if holders:
+                holders_after += 1
+                problems.append(f"run {run} ({mode}): {holders} hold the pidfile's lock")
+            if pidfile.exists():
+                pidfiles_left += 1
+                problems.append(f"run {run} ({mode}): the pidfile is left")
+            if status.returncode != 3:
+                problems.append(f"run {run} ({mode}): status exit {status.returncode}")
+            for pid in running:
                 kill_tree(pid)
     finally:
         figures(runs=runs, outcomes=outcomes, leftovers=leftovers,
