@@ -588,9 +588,8 @@ def _resolve_command(command: str, search_path: str, chroot: str | None, workdir
 
     With ``--user``, the check is made for that user (the permission bits of the file and of
     every directory on the way), not for the caller: root may execute what the user may not.
+    A ``#!`` script is followed to the interpreter it names (see :func:`_not_executable`).
     """
-    from daemonctx.options import host_path
-
     if not command or "\0" in command:
         raise DaemonOptionError(f"command {command!r} is not a program name")
     if "/" in command:
@@ -598,7 +597,7 @@ def _resolve_command(command: str, search_path: str, chroot: str | None, workdir
             inside = os.path.abspath(command)
         else:
             inside = os.path.normpath(os.path.join(workdir, command))
-        problem = _not_executable(host_path(chroot, inside), identity)
+        problem = _not_executable(inside, identity, chroot, workdir)
         if problem:
             raise DaemonOptionError(f"command {command}: {problem}")
         return inside
@@ -607,7 +606,7 @@ def _resolve_command(command: str, search_path: str, chroot: str | None, workdir
         # An empty entry means the current directory, which for the daemon is workdir.
         directory = os.path.join(workdir, entry or ".")
         inside = os.path.normpath(os.path.join(directory, command))
-        problem = _not_executable(host_path(chroot, inside), identity)
+        problem = _not_executable(inside, identity, chroot, workdir)
         if problem is None:
             return inside
         if problem != "not found":
@@ -618,64 +617,80 @@ def _resolve_command(command: str, search_path: str, chroot: str | None, workdir
     raise DaemonOptionError(f"command {command!r} not found{where} in PATH={search_path}")
 
 
-def _not_executable(host_path: str, identity: _Identity | None = None) -> str | None:
+def _not_executable(inside: str, identity: _Identity | None = None, chroot: str | None = None,
+                    workdir: str = "/", depth: int = 0) -> str | None:
+    """Why the program's user could not ``exec`` ``inside`` (as the daemon sees it), or None.
+
+    The kernel runs a ``#!`` script by executing the interpreter its first line names, with
+    the same user's rights: that one must be reachable and executable too (a script's
+    interpreter under ``/root``, say, is not, for ``--user``), and so on while interpreters are
+    scripts, as deep as the kernel follows (``_os.MAX_SCRIPT_DEPTH`` scripts).  A problem
+    found there is said of the interpreter: ``its #! line names /opt/py/bin/python, which is
+    not reachable by the program's user ...``.
+    """
+    import errno
     import stat
 
     from daemonctx import _os
+    from daemonctx.options import host_path
 
-    try:
-        st = os.stat(host_path)
-    except FileNotFoundError:
-        return "not found"
-    except OSError as exc:
-        return f"cannot be examined: {exc.strerror}"
+    walk = _os.walk_path(inside, chroot or "/")
+    host = host_path(chroot, inside)
+    if walk.target is None:
+        return "not found" if walk.error == errno.ENOENT else \
+            f"cannot be examined: {os.strerror(walk.error)}"
+    st = walk.target
     if stat.S_ISDIR(st.st_mode):
         return "is a directory"
     if not stat.S_ISREG(st.st_mode):
         return "is not a regular file"
+    interpreter = _os.script_interpreter(host)
     if identity is None:
-        if not os.access(host_path, os.X_OK):
+        if not os.access(host, os.X_OK):
             return f"is not executable (mode {stat.S_IMODE(st.st_mode):04o})"
-        return None
-    who = f"uid {identity.uid} gid {identity.gid}"
-    # the directories on the way, and on the way to what a symbolic link points to
-    for path in dict.fromkeys((os.path.abspath(host_path), os.path.realpath(host_path))):
-        problem = _unreachable(os.path.dirname(path), identity)
+    else:
+        who = f"uid {identity.uid} gid {identity.gid}"
+        problem = _unreachable(inside, identity, chroot)
         if problem is not None:
             return f"is not reachable by the program's user ({who}): {problem}"
-    if not _os.permits(st, *identity, want=0o5 if _is_script(host_path) else 0o1):
-        return (f"is not executable by the program's user ({who}): mode "
-                f"{stat.S_IMODE(st.st_mode):04o}, owner uid {st.st_uid} gid {st.st_gid}")
-    return None
+        if not _os.permits(st, *identity, want=0o1 if interpreter is None else 0o5):
+            return (f"is not executable by the program's user ({who}): mode "
+                    f"{stat.S_IMODE(st.st_mode):04o}, owner uid {st.st_uid} gid {st.st_gid}")
+    if interpreter is None:
+        return None
+    if depth >= _os.MAX_SCRIPT_DEPTH:
+        return (f"is a #! script too, {depth + 1} scripts deep: more than the kernel follows "
+                f"({_os.MAX_SCRIPT_DEPTH} at most)")
+    if not interpreter:
+        return "has no interpreter on its #! line"
+    named = os.path.normpath(os.path.join(workdir, interpreter))
+    problem = _not_executable(named, identity, chroot, workdir, depth + 1)
+    if problem is None:
+        return None
+    if problem.startswith("its #! line names "):
+        return f"its #! line names {interpreter}, whose{problem[len('its'):]}"
+    return f"its #! line names {interpreter}, which " + (
+        "does not exist" if problem == "not found" else problem)
 
 
-def _unreachable(directory: str, identity: _Identity) -> str | None:
-    """Why ``identity`` cannot search its way down to ``directory``, or None if it can."""
+def _unreachable(inside: str, identity: _Identity, chroot: str | None) -> str | None:
+    """Why ``identity`` cannot search its way to ``inside`` (in ``chroot``), or None if it can.
+
+    Every directory a name is looked up in on the way, including those met through symbolic
+    links (and the links their targets meet).
+    """
     import stat
 
     from daemonctx import _os
+    from daemonctx.options import host_path
 
-    while True:
-        try:
-            dir_st = os.stat(directory)
-        except OSError as exc:
-            return f"directory {directory} cannot be examined: {exc.strerror}"
+    for lookup in _os.walk_path(inside, chroot or "/").lookups:
+        dir_st = lookup.directory_st
         if not _os.permits(dir_st, *identity, want=0o1):
-            return (f"directory {directory} (mode {stat.S_IMODE(dir_st.st_mode):04o}, owner uid "
-                    f"{dir_st.st_uid}) is not searchable by it")
-        parent = os.path.dirname(directory)
-        if parent == directory:
-            return None
-        directory = parent
-
-
-def _is_script(path: str) -> bool:
-    """True for a ``#!`` script, which the kernel must also be able to read for the user."""
-    try:
-        with open(path, "rb") as file:
-            return file.read(2) == b"#!"
-    except OSError:
-        return False
+            return (f"directory {host_path(chroot, lookup.directory)} (mode "
+                    f"{stat.S_IMODE(dir_st.st_mode):04o}, owner uid {dir_st.st_uid}) is not "
+                    f"searchable by it")
+    return None
 
 
 # --- start: the launcher and the daemon -----------------------------------------------------

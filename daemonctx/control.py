@@ -310,30 +310,14 @@ def find_removed_pidfile_holder(pidfile_path: str | os.PathLike[str]) -> int | N
 
     Someone deleted ``/run/app.pid`` (a clean-up script, a careless ``rm``) while the daemon
     ran: its descriptor still holds the lock, on a file nobody can open by name any more.  The
-    kernel shows that descriptor as ``"<path> (deleted)"``; the process holding an ``flock``
-    through one, whose file names that process's own pid (so it wrote it), is the daemon.  None
-    if there is none.  Scans ``/proc`` (every process's fds): a few milliseconds.
+    kernel shows that descriptor as ``"<path> (deleted)"``, with the directory resolved
+    (``/run/app.pid`` for ``/var/run/app.pid`` where ``/var/run -> /run``); the process holding
+    an ``flock`` through one, whose file names that process's own pid (so it wrote it), is the
+    daemon.  None if there is none.  Cheap enough for every start (a read of ``/proc/locks``
+    and the descriptors of the processes that took a lock: see
+    ``daemonctx._proc.removed_pidfile_writer``).
     """
-    path = os.path.abspath(os.fspath(pidfile_path))
-    for pid, fd_name in _proc.processes_locking_removed(path):
-        if _removed_file_names(pid, fd_name) == pid:
-            return pid
-    return None
-
-
-def _removed_file_names(pid: int, fd_name: str) -> int | None:
-    from daemonctx.pidfile import _parse_pid
-
-    try:
-        fd = os.open(f"/proc/{pid}/fd/{fd_name}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        return _parse_pid(os.pread(fd, 64, 0))
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
+    return _proc.removed_pidfile_writer(os.fspath(pidfile_path))
 
 
 def _open_removed_holder(path: str) -> _Target | None:

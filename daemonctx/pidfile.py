@@ -461,17 +461,38 @@ class PIDFile:
         return self.acquire_timeout
 
     def _wait_until_released(self, path: str, wait: float | None) -> None:
-        """Poll :func:`holder_pid` until the lock is free or ``wait`` s passed; raise if held.
+        """Poll until no process holds the lock or ``wait`` s passed; raise if one still does.
+
+        The lock of the file at ``path`` (:func:`holder_pid`), or that of a file that was at
+        ``path`` and was removed by hand while its daemon ran: that daemon still runs, and a
+        new file would lock, so two would (``daemonctx._proc.removed_pidfile_writer``: a
+        read of ``/proc/locks`` and the lockers' descriptors, well under a millisecond).
 
         Polled, not locked: taking the lock, even briefly, in the launching process could make
         a concurrent start fail.  The pause grows from 1 ms to 50 ms, like :meth:`acquire`'s.
         """
+        from daemonctx import _proc
+
         deadline = None if wait is None else time.monotonic() + max(wait, 0.0)
         pause = 0.001
-        while holder_pid(path) is not None:
+        while True:
+            removed = None
+            if holder_pid(path) is None:
+                removed = _proc.removed_pidfile_writer(path)
+                if removed is None:
+                    return
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                raise _held_error(path, wait)
+                if removed is None:
+                    raise _held_error(path, wait)
+                what = (f"already running, although the file was removed (the daemon still "
+                        f"holds the lock of the removed file); stop it first ('daemonctx stop "
+                        f"--pidfile {path}' finds it)")
+                if wait is not None and wait > 0:
+                    raise PIDFileTimeoutError(_held_message(
+                        path, removed, f"still locked after waiting {wait:g} s: {what}"),
+                        path, removed)
+                raise PIDFileLockedError(_held_message(path, removed, what), path, removed)
             time.sleep(pause if remaining is None else min(pause, remaining))
             pause = min(pause * 2, _MAX_RETRY_PAUSE)
 

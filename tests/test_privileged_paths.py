@@ -268,3 +268,96 @@ def test_a_new_log_in_a_sticky_shared_directory_is_created_by_the_daemons_user(
     assert result.returncode == 0, result.stderr
     assert log.stat().st_uid == NOBODY
 
+
+# --- a #! interpreter the program's user cannot run (issue 14, #5, as the review found it) ---
+
+
+@pytest.fixture
+def running_as_nobody(world_dir: Path, pidfiles: list[Path]) -> tuple[Path, int]:
+    """A service running as nobody: (its pidfile, its pid)."""
+    pidfile = world_dir / "app.pid"
+    pidfiles.append(pidfile)
+    assert run_cli("start", "--pidfile", str(pidfile), "--user", "nobody", "--",
+                   "/bin/sleep", "600").returncode == 0
+    return pidfile, holder(pidfile)
+
+
+def _script(path: Path, interpreter: str | Path, body: str = "") -> Path:
+    path.write_text(f"#!{interpreter}\n{body}")
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.parametrize("reached", ["directly", "through a link", "through a script"])
+def test_restart_into_a_script_whose_interpreter_the_user_cannot_reach_refuses_before_stopping(
+        reached: str, root_only_dir: Path, root_private: Path,
+        running_as_nobody: tuple[Path, int]) -> None:
+    """Issue 14, #5 (review): ``#!/work/main/.venv/bin/python``, under /root (0700).
+
+    The check looked at the script only: the service was stopped, then the new start failed.
+    The interpreter named by the ``#!`` line (and its own, for a script interpreter) must be
+    reachable and executable by the program's user too.
+    """
+    pidfile, running = running_as_nobody
+    interpreter = _script(root_private / "interpreter", "/bin/sh", "exec /bin/sleep 600\n")
+    if reached == "through a link":  # a venv's bin/python -> a Python under /root
+        (root_only_dir / "python").symlink_to(interpreter)
+        interpreter = root_only_dir / "python"
+    elif reached == "through a script":
+        interpreter = _script(root_only_dir / "wrapper", interpreter)
+    script = _script(root_only_dir / "app", interpreter)
+    result = run_cli("restart", "--pidfile", str(pidfile), "--user", "nobody", "--",
+                     str(script))
+    assert result.returncode == 3, result.stderr
+    assert f"its #! line names {interpreter}" in result.stderr
+    assert (f"is not reachable by the program's user (uid {NOBODY} gid {NOBODY}): directory "
+            f"{root_private} (mode 0700, owner uid 0) is not searchable by it") in result.stderr
+    assert_one_line_error(result)
+    assert holder(pidfile) == running, "the service must still be up"
+
+
+def test_restart_into_a_script_whose_interpreter_is_missing_refuses_before_stopping(
+        root_only_dir: Path, pid_path: Path) -> None:
+    """Issue 14, #5 (review), without ``--user``: the caller's own check follows ``#!`` too."""
+    assert run_cli("start", "--pidfile", str(pid_path), "--", "/bin/sleep", "600"
+                   ).returncode == 0
+    running = holder(pid_path)
+    script = _script(root_only_dir / "app", root_only_dir / "no-such-python")
+    result = run_cli("restart", "--pidfile", str(pid_path), "--", str(script))
+    assert result.returncode == 3, result.stderr
+    assert (f"its #! line names {root_only_dir / 'no-such-python'}, which does not exist"
+            in result.stderr)
+    assert_one_line_error(result)
+    assert holder(pid_path) == running, "the service must still be up"
+
+
+def _script_chain(directory: Path, scripts: int) -> Path:
+    """``scripts`` scripts, each the ``#!`` interpreter of the next; the first runs /bin/sh."""
+    interpreter: str | Path = "/bin/sh"
+    for level in range(scripts):
+        interpreter = _script(directory / f"level{level}", interpreter,
+                              "exec /bin/sleep 600\n" if level == 0 else "")
+    assert isinstance(interpreter, Path)
+    return interpreter
+
+
+def test_a_command_with_as_many_script_interpreters_as_the_kernel_follows_starts(
+        root_only_dir: Path, pid_path: Path) -> None:
+    """Linux runs a script whose interpreters are scripts up to five scripts deep."""
+    command = _script_chain(root_only_dir, 5)
+    result = run_cli("start", "--pidfile", str(pid_path), "--user", "nobody", "--",
+                     str(command))
+    assert result.returncode == 0, result.stderr
+
+
+def test_restart_into_more_script_interpreters_than_the_kernel_follows_refuses_before_stopping(
+        root_only_dir: Path, running_as_nobody: tuple[Path, int]) -> None:
+    """Issue 14, #5: six scripts deep, exec fails (ELOOP): found before the service stops."""
+    pidfile, running = running_as_nobody
+    command = _script_chain(root_only_dir, 6)
+    result = run_cli("restart", "--pidfile", str(pidfile), "--user", "nobody", "--",
+                     str(command))
+    assert result.returncode == 3, result.stderr
+    assert "more than the kernel follows" in result.stderr
+    assert_one_line_error(result)
+    assert holder(pidfile) == running, "the service must still be up"
