@@ -530,7 +530,7 @@ def _pidfile_paths(path: str, chroot: str | None) -> tuple[str, str]:
                                 f"(e.g. systemd's RuntimeDirectory=, or mkdir -p)")
     if chroot is None:
         return full, full
-    from daemonctx.options import path_in_root
+    from daemonctx._paths import path_in_root
 
     inside = path_in_root(chroot, full)
     if inside is None:
@@ -632,7 +632,7 @@ def _not_executable(inside: str, identity: _Identity | None = None, chroot: str 
     import stat
 
     from daemonctx import _os
-    from daemonctx.options import host_path
+    from daemonctx._paths import host_path
 
     walk = _os.walk_path(inside, chroot or "/")
     host = host_path(chroot, inside)
@@ -682,7 +682,7 @@ def _unreachable(inside: str, identity: _Identity, chroot: str | None) -> str | 
     import stat
 
     from daemonctx import _os
-    from daemonctx.options import host_path
+    from daemonctx._paths import host_path
 
     for lookup in _os.walk_path(inside, chroot or "/").lookups:
         dir_st = lookup.directory_st

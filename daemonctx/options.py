@@ -10,8 +10,9 @@ are in place, closed and removed if the start fails.
 
 The resolvers for single options (a directory, a working directory inside a chroot, a user, a
 group, a stream path) are shared with the ``daemonctx`` command, which names the options as its
-flags (``--chdir`` instead of ``working_directory``); :func:`host_path` is the one place a path
-seen from inside a chroot is mapped to the host.
+flags (``--chdir`` instead of ``working_directory``).  :func:`host_path` and
+:func:`path_in_root` (from ``daemonctx._paths``, re-exported here) map paths between the host
+and a chroot.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pwd
 import sys
 
 from daemonctx import _os, steps
+from daemonctx._paths import host_path, path_in_root
 from daemonctx.errors import DaemonOptionError
 from daemonctx.signals import resolve_signal_map
 
@@ -240,26 +242,6 @@ def existing_directory(option: str, value: object) -> str:
 def optional_directory(option: str, value: object) -> str | None:
     """:func:`existing_directory`, or None for None."""
     return None if value is None else existing_directory(option, value)
-
-
-def host_path(root: str | None, inside: str, cwd: str = "/") -> str:
-    """The host's path of ``inside``, a path as the daemon sees it in ``root`` from ``cwd``.
-
-    The one mapping between the two views of a chroot (:func:`path_in_root` is its inverse).
-    """
-    seen = os.path.normpath(os.path.join(cwd, inside))
-    if root is None:
-        return os.path.abspath(seen)
-    return os.path.join(os.path.abspath(root), seen.lstrip("/"))
-
-
-def path_in_root(root: str, host: str) -> str | None:
-    """The path the daemon sees, in ``root``, for the host's absolute path ``host``; None if
-    ``host`` is not below ``root`` (the daemon could not reach it)."""
-    relative = os.path.relpath(host, root)
-    if relative == os.curdir or relative.startswith(os.pardir):
-        return None
-    return "/" + relative
 
 
 def working_directory(option: str, value: object, root: str | None, *,

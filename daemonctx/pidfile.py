@@ -83,8 +83,8 @@ from typing import Any
 import lockfile  # type: ignore[import-untyped]
 
 from daemonctx import _os
+from daemonctx._paths import host_path
 from daemonctx.errors import DaemonError, DaemonOptionError
-from daemonctx.options import host_path
 
 __all__ = [
     "PIDFile",
