@@ -907,8 +907,6 @@ def _forget_failed_start(plan: _StartPlan) -> None:
 
 
 def _stop_schedule(retry: str | None, signal_text: str, timeout: float | None) -> StopSchedule:
-    import signal
-
     from daemonctx.control import (
         DEFAULT_KILL_TIMEOUT,
         DEFAULT_STOP_TIMEOUT,
@@ -922,9 +920,7 @@ def _stop_schedule(retry: str | None, signal_text: str, timeout: float | None) -
         return StopSchedule.parse(retry, option="--retry")
     signum = parse_signal(signal_text, "--signal")
     wait = _positive_seconds("--timeout", timeout, allow_zero=True)
-    if signum == signal.SIGKILL:
-        return StopSchedule(((signum, wait),))
-    return StopSchedule(((signum, wait), (int(signal.SIGKILL), DEFAULT_KILL_TIMEOUT)))
+    return StopSchedule.signal_then_kill(signum, wait, DEFAULT_KILL_TIMEOUT)
 
 
 def _cmd_stop(ns: argparse.Namespace) -> int:

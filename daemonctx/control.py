@@ -90,11 +90,21 @@ class StopSchedule:
     ``steps`` is a sequence of ``(signal number, seconds to wait)``: each signal is sent, then
     ``stop`` waits up to that long for the daemon to be gone before going on to the next step.
     With ``repeat`` (written ``/forever`` at the end) the steps start over until it is gone.
-    Build one with :meth:`parse`.
+    Build one with :meth:`parse`, or :meth:`signal_then_kill` for the usual shape.
     """
 
     steps: tuple[tuple[int, float], ...]
     repeat: bool = False
+
+    @classmethod
+    def signal_then_kill(cls, signum: int = signal.SIGTERM, wait: float = 30.0,
+                         kill_wait: float = 5.0) -> StopSchedule:
+        """``signum``, up to ``wait`` s for the daemon to go, then SIGKILL and up to
+        ``kill_wait`` s more (``TERM/30/KILL/5`` by default); just one step if ``signum`` is
+        SIGKILL already."""
+        if signum == signal.SIGKILL:
+            return cls(((int(signum), float(wait)),))
+        return cls(((int(signum), float(wait)), (int(signal.SIGKILL), float(kill_wait))))
 
     @classmethod
     def parse(cls, text: str, *, default_signal: int = signal.SIGTERM,
@@ -108,7 +118,7 @@ class StopSchedule:
         items = [item.strip() for item in text.split("/")]
         if len(items) == 1 and _is_seconds(items[0]):
             seconds = _seconds(items[0], option)
-            return cls(((default_signal, seconds), (int(signal.SIGKILL), seconds)))
+            return cls.signal_then_kill(default_signal, seconds, seconds)
         steps: list[tuple[int, float]] = []
         pending: int | None = None
         repeat = False
@@ -166,8 +176,8 @@ def _seconds(item: str, option: str) -> float:
 DEFAULT_STOP_TIMEOUT = 30.0
 #: Seconds it then waits after SIGKILL (the whole default: TERM/30/KILL/5).
 DEFAULT_KILL_TIMEOUT = 5.0
-DEFAULT_STOP_SCHEDULE = StopSchedule(((int(signal.SIGTERM), DEFAULT_STOP_TIMEOUT),
-                                      (int(signal.SIGKILL), DEFAULT_KILL_TIMEOUT)))
+DEFAULT_STOP_SCHEDULE = StopSchedule.signal_then_kill(signal.SIGTERM, DEFAULT_STOP_TIMEOUT,
+                                                      DEFAULT_KILL_TIMEOUT)
 """SIGTERM, up to 30 s for the daemon to exit, then SIGKILL and up to 5 s more."""
 
 

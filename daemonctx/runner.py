@@ -228,8 +228,8 @@ class DaemonRunner:
 
     def _stop(self) -> None:
         path = self._pidfile_path("stop")
-        schedule = StopSchedule(((int(signal.SIGTERM), float(self.stop_timeout)),
-                                 (int(signal.SIGKILL), float(self.kill_timeout))))
+        schedule = StopSchedule.signal_then_kill(signal.SIGTERM, self.stop_timeout,
+                                                 self.kill_timeout)
         try:
             result = stop_daemon(path, schedule)
         except DaemonError as exc:
