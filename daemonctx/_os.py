@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
 __all__ = [
+    "COMMAND_LOCK_FD_ENV",
+    "COMMAND_PID_ENV",
     "MAX_SCRIPT_DEPTH",
     "MAX_SYMLINKS",
     "Lookup",
@@ -34,12 +36,14 @@ __all__ = [
     "closed_fds_ceiling",
     "describe_wait_status",
     "load_prctl",
+    "notify_service_manager",
     "only_root_can_change",
     "open_as_user",
     "permits",
     "prctl",
     "printable",
     "prctl_loaded",
+    "preload_service_manager",
     "record_closed_fds",
     "script_interpreter",
     "set_child_subreaper",
@@ -49,6 +53,12 @@ __all__ = [
     "walk_path",
     "write_all",
 ]
+
+#: What ``daemonctx start`` passes to the program it runs, beside the lock's descriptor: the
+#: program's pid (as systemd's ``LISTEN_PID``: a child that inherits the variables is not it) and
+#: the number of the descriptor that holds the pidfile's lock.
+COMMAND_PID_ENV = "DAEMONCTX_PID"
+COMMAND_LOCK_FD_ENV = "DAEMONCTX_LOCK_FD"
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -448,3 +458,27 @@ def unlink_if_same(path: str, st: os.stat_result) -> bool:
         return False
     finally:
         os.close(dir_fd)
+
+
+def notify_service_manager(**assignments: object) -> None:
+    """Send sd_notify ``assignments`` if a service manager listens (``$NOTIFY_SOCKET``).
+
+    The one place daemonctx tells systemd about readiness, reloads and stopping: without
+    ``$NOTIFY_SOCKET`` it does nothing and imports nothing; errors are ignored (see
+    :func:`daemonctx.systemd.notify_quietly`).
+    """
+    if "NOTIFY_SOCKET" in os.environ:
+        from daemonctx import systemd
+
+        systemd.notify_quietly(**assignments)  # type: ignore[arg-type]
+
+
+def preload_service_manager() -> None:
+    """Import now what :func:`notify_service_manager` will need, if a service manager listens.
+
+    For a process about to chroot or drop privileges: afterwards it may not be able to read the
+    Python installation, and ``READY=1`` / ``STOPPING=1`` are sent from there.
+    """
+    if "NOTIFY_SOCKET" in os.environ:
+        __import__("daemonctx.systemd")
+        __import__("socket")

@@ -785,7 +785,8 @@ def _exec_program(context: DaemonContext, start: _CommandStart,
         lock_fd = fcntl.fcntl(start.pidfile.fileno(), fcntl.F_DUPFD, lowest)
         # A program that uses DaemonContext itself sees it is already a daemon (no second
         # detach) and keeps this fd open: see steps.daemonctx_command_lock_fd().
-        env = dict(env, DAEMONCTX_LOCK_FD=str(lock_fd), DAEMONCTX_PID=str(os.getpid()))
+        env = dict(env, **{_os.COMMAND_LOCK_FD_ENV: str(lock_fd),
+                           _os.COMMAND_PID_ENV: str(os.getpid())})
         for name in ("SIGPIPE", "SIGXFSZ"):  # Python ignores these; the program must not
             if hasattr(signal, name):
                 signal.signal(getattr(signal, name), signal.SIG_DFL)

@@ -229,10 +229,7 @@ class DaemonContext:
                 self.pidfile.__exit__(None, None, None)
         finally:
             self._is_open = False
-            if "NOTIFY_SOCKET" in os.environ:
-                from daemonctx import systemd
-
-                systemd.notify_quietly(stopping=True)
+            _os.notify_service_manager(stopping=True)
 
     def terminate(self, signal_number: int, stack_frame: FrameType | None) -> None:
         """Signal handler for SIGTERM: exit cleanly, with status 0.

@@ -216,10 +216,8 @@ def notify_ready() -> None:
     ``daemonctx.notify_ready()``, or as :meth:`DaemonContext.notify_ready`) once it has bound
     its sockets and loaded its configuration, so that the launcher's exit status means "serving".
     """
-    if daemon_end.ready() and "NOTIFY_SOCKET" in os.environ:
-        from daemonctx import systemd
-
-        systemd.notify_quietly(ready=True, mainpid=os.getpid())
+    if daemon_end.ready():
+        _os.notify_service_manager(ready=True, mainpid=os.getpid())
 
 
 def report_failure(exc: BaseException, exit_status: int = 1) -> None:

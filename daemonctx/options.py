@@ -136,11 +136,7 @@ def resolve(context: Any, *, pidfile_holder_ok: bool = False) -> tuple[Plan, Ope
     _check_can_become(uid, gid)
     timeout = _startup_timeout(context.startup_timeout)
     handlers = resolve_signal_map(context.signal_map, context)
-    if "NOTIFY_SOCKET" in os.environ:
-        # Loaded now: after a chroot or a privilege drop the daemon may not be able to read
-        # the Python installation, and READY=1 / STOPPING=1 are sent from there.
-        __import__("daemonctx.systemd")
-        __import__("socket")
+    _os.preload_service_manager()  # before a chroot or a privilege drop hides Python
     activation = _activation_fds()
     keep = _preserved_fds(context.files_preserve) | _logging_fds() | activation
     command_lock = steps.daemonctx_command_lock_fd()

@@ -14,6 +14,7 @@ import resource
 import stat
 import sys
 
+from daemonctx import _os
 from daemonctx._signal_module import signal
 from daemonctx.errors import DaemonOSEnvironmentError, DaemonProcessDetachError
 
@@ -290,8 +291,8 @@ def daemonctx_command_lock_fd() -> int | None:
     the lock behind) nor close that fd.
     """
     env = os.environ
-    fd = env.get("DAEMONCTX_LOCK_FD", "")
-    if env.get("DAEMONCTX_PID") != str(os.getpid()) or not fd.isdigit():
+    fd = env.get(_os.COMMAND_LOCK_FD_ENV, "")
+    if env.get(_os.COMMAND_PID_ENV) != str(os.getpid()) or not fd.isdigit():
         return None
     return int(fd)
 

@@ -359,7 +359,7 @@ class Supervisor:
             return
         self._rolling = RollingRestart(self._slots, now, announce=self._announced)
         if self._announced:
-            _notify_systemd(reloading=True)
+            _os.notify_service_manager(reloading=True)
 
     def handle_ttin(self) -> None:
         """SIGTTIN: add one worker, with the lowest free task id."""
@@ -422,9 +422,7 @@ class Supervisor:
         # master inside a chroot (or running as a user who cannot read the Python installation)
         # never has to import a module later.  Logging goes through `logging` only if the
         # application loaded it (see _log_to): importing it here would slow every fork.
-        if "NOTIFY_SOCKET" in os.environ:
-            __import__("daemonctx.systemd")
-            __import__("socket")
+        _os.preload_service_manager()
         self._set_pdeathsig = worker_side.load_pdeathsig_setter()
         for signum in _HANDLED_SIGNALS:
             self._saved_handlers[signum] = c_signal.signal(signum, self._record_signal)
@@ -695,7 +693,7 @@ class Supervisor:
             self._rolling = None
             self._log("info", "rolling restart complete")
             if rolling.announce:
-                _notify_systemd(ready=True)
+                _os.notify_service_manager(ready=True)
 
     def _abandon_rolling_restart(self, slot: _Slot, failed: _Worker, old: object,
                                  code: int) -> None:
@@ -707,7 +705,7 @@ class Supervisor:
                    " workers keep serving")
         self._log("error", "%s", message)
         if rolling is not None and rolling.announce:
-            _notify_systemd(ready=True, status=message)
+            _os.notify_service_manager(ready=True, status=message)
 
     def _all_ready(self) -> bool:
         return all(s.current is not None and s.current.ready for s in self._slots.values())
@@ -814,13 +812,6 @@ class _TornadoWording(_Wording):
 
     def finished(self, task: int, pid: int, code: int) -> tuple[Any, ...]:
         return ("child %d (pid %d) exited normally", task, pid)
-
-
-def _notify_systemd(**assignments: Any) -> None:
-    """Tell systemd about a reload, when running under it (``$NOTIFY_SOCKET`` set)."""
-    if "NOTIFY_SOCKET" in os.environ:
-        from daemonctx import systemd
-        systemd.notify_quietly(**assignments)
 
 
 def _kill(pid: int, signum: int) -> None:
