@@ -57,9 +57,6 @@ EXIT_STILL_RUNNING = 2
 """stop: the daemon was still running when the schedule ran out."""
 EXIT_ERROR = 3
 """Anything else: bad input, not permitted, the program did not start."""
-# LSB's "unknown" (daemonctx.status.STATUS_UNKNOWN): status's answer to bad input.  Not
-# imported from there: `import daemonctx.cli` stays light (see the module documentation).
-_STATUS_UNKNOWN = 4
 
 COMMANDS = ("start", "stop", "restart", "status", "reload", "signal")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -309,7 +306,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except (DaemonError, OSError) as exc:
         _error(command, _one_line(exc))
-        return _STATUS_UNKNOWN if command == "status" else EXIT_ERROR
+        if command == "status":
+            from daemonctx.status import STATUS_UNKNOWN  # LSB's "unknown", bad input included
+
+            return STATUS_UNKNOWN
+        return EXIT_ERROR
 
 
 def _dispatch(args: list[str]) -> int:
@@ -368,15 +369,10 @@ def _say(verbose: bool, command: str, message: str) -> None:
 def _write(fd: int, line: str) -> None:
     # os.write, not print: the launcher may exit with os._exit, which flushes nothing.  Every
     # line is made printable: it may quote a daemon's text (STATUS=, its command line).
-    from daemonctx._os import printable
+    from daemonctx._os import printable, write_all
 
     text = "\n".join(printable(part) for part in line.rstrip("\n").split("\n"))
-    data = (text + "\n").encode("utf-8", "replace")
-    try:
-        while data:
-            data = data[os.write(fd, data):]
-    except OSError:
-        pass
+    write_all(fd, (text + "\n").encode("utf-8", "replace"))
 
 
 # --- start: checking every option before forking --------------------------------------------
@@ -495,8 +491,12 @@ def _parse_umask(text: str | None) -> int:
 
 def _resolve_identity(user: str | None, group: str | None
                       ) -> tuple[int | None, int | None, pwd.struct_passwd | None]:
-    """(uid, gid, passwd entry) for --user/--group; None where not given."""
-    from daemonctx.options import lookup_group, lookup_user
+    """(uid, gid, passwd entry) for --user/--group; None where not given.
+
+    ``--user USER:GROUP`` is split here; the names are resolved and checked by the library's
+    one resolver (:func:`daemonctx.options.identity`).
+    """
+    from daemonctx.options import identity
 
     if user is not None and ":" in user:
         user, _, group_part = user.partition(":")
@@ -504,21 +504,12 @@ def _resolve_identity(user: str | None, group: str | None
             raise DaemonOptionError("give the group either as --user USER:GROUP or as --group, "
                                     "not both")
         group = group_part or group
-    uid, entry = lookup_user("--user", user) if user is not None else (None, None)
-    gid: int | None = None
-    if group is not None:
-        gid = lookup_group("--group", group)
-    elif uid is not None:
-        if entry is None:
-            raise DaemonOptionError(f"--user: uid {uid} has no passwd entry to take a group "
-                                    f"from; give --group too")
-        gid = entry.pw_gid
-    euid = os.geteuid()
-    if euid != 0 and ((uid is not None and uid != euid) or (gid is not None
-                                                             and gid != os.getegid())):
-        raise DaemonOptionError(f"--user/--group: only root can switch to another user or "
-                                f"group (running as uid {euid})")
-    return uid, gid, entry
+    if user is None and group is None:
+        return None, None, None
+    uid, gid, entry = identity(os.geteuid() if user is None else user, group,
+                               user_option="--user", group_option="--group",
+                               need_entry=user is not None)
+    return (None if user is None else uid), gid, entry
 
 
 def _pidfile_paths(path: str, chroot: str | None) -> tuple[str, str]:
@@ -862,12 +853,10 @@ def _judge_start(plan: _StartPlan, notify: NotifyListener | None, report: Startu
         return EXIT_OK, f"started pid {report.pid}", False
     if report.state != "exec":
         # The launcher already stopped whatever the failed start left (Launch.conclude).
-        text = report.message
-        if report.error_type is not None:
-            text = text.removeprefix("DaemonStartupError: ")
+        text = report.detail if report.error_type in ("DaemonStartupError",
+                                                      "PIDFileLockedError") else report.message
         if report.error_type == "PIDFileLockedError":
             # Another start won the race for the lock after our pre-fork check.
-            text = text.removeprefix("PIDFileLockedError: ")
             return (EXIT_OK if plan.oknodo else EXIT_NOTHING_DONE), text, not plan.oknodo
         _forget_failed_start(plan)
         return EXIT_ERROR, text, True

@@ -81,6 +81,17 @@ class StartupReport:
     __hash__ = None  # type: ignore[assignment]
 
     @property
+    def detail(self) -> str:
+        """The message without the ``"<error_type>: "`` it starts with for a failure.
+
+        For a reader who already knows the type (the ``daemonctx`` command words a held lock
+        as "already running" and its own start-up errors without their class name).
+        """
+        if self.error_type is None:
+            return self.message
+        return self.message.removeprefix(f"{self.error_type}: ")
+
+    @property
     def ok(self) -> bool:
         """True when the daemon is running: ready, or its ``exec`` succeeded."""
         return self.state in ("ready", "exec")

@@ -38,6 +38,7 @@ __all__ = [
     "Plan",
     "existing_directory",
     "host_path",
+    "identity",
     "lookup_group",
     "lookup_user",
     "path_in_root",
@@ -129,11 +130,9 @@ def resolve(context: Any, *, pidfile_holder_ok: bool = False) -> tuple[Plan, Ope
     workdir = working_directory("working_directory", context.working_directory, chroot,
                                 root_option="chroot_directory")
     umask = _umask(context.umask)
-    uid, user_name, user_gid = _user_option(
-        context.uid, need_entry=context.gid is None or bool(context.initgroups))
-    gid = _group_option(context.gid if context.gid is not None else user_gid, context.uid)
-    groups = supplementary_groups(uid, gid, user_name, bool(context.initgroups))
-    _check_can_become(uid, gid)
+    uid, gid, entry = identity(context.uid, context.gid, need_entry=bool(context.initgroups))
+    groups = supplementary_groups(uid, gid, entry.pw_name if entry else None,
+                                  bool(context.initgroups))
     timeout = _startup_timeout(context.startup_timeout)
     handlers = resolve_signal_map(context.signal_map, context)
     _os.preload_service_manager()  # before a chroot or a privilege drop hides Python
@@ -305,38 +304,53 @@ def supplementary_groups(uid: int, gid: int, user_name: str | None,
     return tuple(os.getgrouplist(user_name, gid))
 
 
-def _user_option(value: object, need_entry: bool = True) -> tuple[int, str | None, int | None]:
-    """``uid=`` (a name or a number) to (uid, user name or None, primary gid or None).
+def identity(user: object, group: object, *, user_option: str = "uid",
+             group_option: str = "gid", need_entry: bool = True
+             ) -> tuple[int, int, pwd.struct_passwd | None]:
+    """``(uid, gid, passwd entry or None)`` for a user and a group option, checked.
 
-    For a numeric uid the passwd database is read only when ``need_entry`` (for
-    ``initgroups`` or a default gid): a lookup is a measurable part of a fast start-up.
+    ``user`` and ``group`` are names or numbers (a text of digits that names no user is a
+    number); ``group`` ``None`` means the user's primary group.  Raises
+    :class:`~daemonctx.DaemonOptionError` naming ``user_option``/``group_option`` for an unknown
+    name, a uid without a passwd entry to take a group from, or a switch this process may not
+    make (not being root).  For a numeric uid the passwd database is read only when
+    ``need_entry`` (for ``initgroups`` or a default gid): a lookup is a measurable part of a
+    fast start-up.  The one resolver of identities, for :class:`~daemonctx.DaemonContext`
+    (``uid=``/``gid=``) and the command (``--user``/``--group``).
     """
-    if isinstance(value, str):
-        uid, entry = lookup_user("uid", value)
-        return uid, entry.pw_name if entry else None, entry.pw_gid if entry else None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32 - 1:
-        raise DaemonOptionError(f"uid must be a user name or a uid number, not {value!r}")
-    if not need_entry:
-        return value, None, None
-    try:
-        entry = pwd.getpwuid(value)
-    except KeyError:
-        return value, None, None
-    return value, entry.pw_name, entry.pw_gid
-
-
-def _group_option(value: object, uid_option: object) -> int:
-    if value is None:
+    uid, entry = _user_value(user_option, user, need_entry or group is None)
+    if group is None:
+        if entry is None:
+            raise DaemonOptionError(
+                f"{group_option} must be given: {user_option} {user!r} has no passwd entry to "
+                f"take a group from")
+        gid = entry.pw_gid
+    elif isinstance(group, str):
+        gid = lookup_group(group_option, group)
+    elif isinstance(group, bool) or not isinstance(group, int) or not 0 <= group < 2**32 - 1:
         raise DaemonOptionError(
-            f"gid must be given: uid {uid_option!r} has no passwd entry to take a group from")
+            f"{group_option} must be a group name or a gid number, not {group!r}")
+    else:
+        gid = group
+    _check_can_become(uid, gid, f"{user_option}/{group_option}")
+    return uid, gid, entry
+
+
+def _user_value(option: str, value: object,
+                need_entry: bool) -> tuple[int, pwd.struct_passwd | None]:
     if isinstance(value, str):
-        return lookup_group("gid", value)
+        return lookup_user(option, value)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32 - 1:
-        raise DaemonOptionError(f"gid must be a group name or a gid number, not {value!r}")
-    return value
+        raise DaemonOptionError(f"{option} must be a user name or a uid number, not {value!r}")
+    if not need_entry:
+        return value, None
+    try:
+        return value, pwd.getpwuid(value)
+    except KeyError:
+        return value, None
 
 
-def _check_can_become(uid: int, gid: int) -> None:
+def _check_can_become(uid: int, gid: int, options: str) -> None:
     """Refuse, before forking, a uid or gid this process may not switch to (not being root).
 
     The daemon drops privileges after the forks (once it holds the pidfile); a drop bound to
@@ -344,14 +358,10 @@ def _check_can_become(uid: int, gid: int) -> None:
     """
     if os.geteuid() == 0:
         return
-    if uid not in os.getresuid():
+    if uid not in os.getresuid() or gid not in os.getresgid():
         raise DaemonOptionError(
-            f"uid {uid}: only root can run the daemon as another user (this process runs as "
-            f"uid {os.geteuid()})")
-    if gid not in os.getresgid():
-        raise DaemonOptionError(
-            f"gid {gid}: only root can run the daemon with another group (this process runs "
-            f"with gid {os.getegid()})")
+            f"{options}: only root can switch to another user or group (running as uid "
+            f"{os.geteuid()})")
 
 
 def primary_gid_or_none(uid: int | str) -> int | None:
