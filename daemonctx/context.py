@@ -12,6 +12,7 @@ import os
 import sys
 
 from daemonctx import _os, handshake, options, steps
+from daemonctx._pid1 import become_init
 from daemonctx._signal_module import signal
 from daemonctx.errors import (
     DaemonAlreadyOpenError,
@@ -35,8 +36,6 @@ if TYPE_CHECKING:
 __all__ = ["MAX_STARTUP_TIMEOUT", "DaemonContext"]
 
 #: The longest ``startup_timeout`` accepted (a year); ``None`` waits without limit.
-# Signals the pid-1 reaper passes on to the application (see _run_as_init).
-_FORWARDED_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH")
 # The context open in this process, with the pid that opened it (a forked child is another
 # process: it may open a context of its own).
 _open_context: tuple[int, DaemonContext] | None = None
@@ -198,7 +197,7 @@ class DaemonContext:
                 raise
             launch.daemon_side()
         elif os.getpid() == 1:
-            _run_as_init(plan)
+            become_init(plan.uid, plan.gid, plan.groups)
         try:
             self._run_steps_after_fork(plan, opened, keep, hint, ignored)
         except BaseException as exc:
@@ -362,7 +361,7 @@ class DaemonContext:
         options.resolve(self, pidfile_holder_ok=running)[1].undo()
 
 
-# --- helpers: nesting, threads, pid 1 -------------------------------------------------------
+# --- helpers: nesting, threads ----------------------------------------------------------------
 
 
 def _refuse_nested(context: DaemonContext) -> None:
@@ -452,44 +451,3 @@ def _other_thread_names() -> list[str]:
             name = f"{kernel_name!r} (thread {tid}, not started by threading)"
         names.append(name)
     return names
-
-
-def _run_as_init(plan: options.Plan) -> None:
-    """As pid 1 (a container), fork: pid 1 reaps every orphan and forwards signals.
-
-    The kernel re-parents orphans to pid 1 and delivers no default-action signal to it, so an
-    application running as pid 1 would collect zombies and ignore SIGINT.  Like ``tini``, the
-    original process stays pid 1 as a minimal init: it passes termination signals on to the
-    application, reaps everything, and exits with the application's status.  In the child (the
-    application) this returns.
-    """
-    child = os.fork()
-    if child == 0:
-        return
-    highest = steps.highest_open_fd()
-    if highest is not None and highest >= 3:
-        os.closerange(3, highest + 1)
-    try:
-        steps.change_process_owner(plan.uid, plan.gid, plan.groups)  # as the application will
-    except OSError:
-        pass  # the application's own drop reports the error; this init only waits
-
-    def forward(signum: int, frame: FrameType | None) -> None:
-        try:
-            os.kill(child, signum)
-        except ProcessLookupError:
-            pass
-
-    for name in _FORWARDED_SIGNALS:
-        signal.signal(getattr(signal, name), forward)
-    signal.pthread_sigmask(signal.SIG_SETMASK, ())
-    while True:
-        try:
-            pid, status = os.waitpid(-1, 0)
-        except ChildProcessError:
-            os._exit(0)
-        if pid == child:
-            if os.WIFSIGNALED(status):
-                os._exit(128 + os.WTERMSIG(status))
-            os._exit(os.waitstatus_to_exitcode(status))
-

@@ -337,7 +337,8 @@ LAYERS = [
 ]
 LAYER_COLOURS = ["launcher", "daemon", "child", "shell"]
 #: Modules not drawn, each in the layer of the module it serves.
-COMPANIONS = {"__main__": "cli", "_notify_keeper": "launcher", "_signal_module": "_os"}
+COMPANIONS = {"__main__": "cli", "_notify_keeper": "launcher", "_pid1": "steps",
+              "_signal_module": "_os"}
 
 
 def architecture() -> Svg:
