@@ -7,7 +7,8 @@ descriptor is inherited across ``exec``; the pid does not change).  The launchin
 waits and exits 0 only once the program runs -- and, with ``--notify``, once it has sent
 ``READY=1`` on a ``NOTIFY_SOCKET`` that daemonctx provides (start-stop-daemon's
 ``--notify-await``).  ``stop``, ``status``, ``reload`` and ``signal`` find the daemon through
-the pidfile's lock (:mod:`daemonctx.runner`), so a recycled pid is never signalled.
+the pidfile's lock (:mod:`daemonctx.control`, :mod:`daemonctx.status`), so a recycled pid is
+never signalled.
 
 Exit codes (start-stop-daemon's, and LSB's for ``status``):
 

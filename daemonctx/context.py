@@ -250,7 +250,8 @@ class DaemonContext:
         """Called in the launching process once the daemon reported; must not return.
 
         The default prints a failure on stderr and exits with ``report.exit_status`` (0 when
-        the daemon is ready).  Subclasses may wait for more (the CLI waits for ``READY=1``).
+        the daemon is ready).  To wait for more, pass a ``startup_policy`` (the ``daemonctx``
+        command waits for ``READY=1`` that way); a subclass may also override this.
         """
         keep_the_verdict()  # judged: a SIGTERM now changes nothing
         if not report.ok:

@@ -49,7 +49,8 @@ class DaemonStartupError(DaemonError):
     """The daemon reported a failure, died or timed out before it was ready.
 
     Seen by code that waits for a daemon's start-up report (the launcher side of the handshake,
-    :func:`daemonctx.cli` and tests).  ``exit_status`` is the status the launcher exits with.
+    the :mod:`daemonctx.cli` command and tests).  ``exit_status`` is the status the launcher
+    exits with.
     """
 
     def __init__(self, message: str, exit_status: int = 1) -> None:
