@@ -13,9 +13,9 @@ daemon reports (systemd's daemon(7), steps 14-15):
 * end of file with no report means the daemon died without a word.
 
 Here live both ends of that wire and nothing else: the daemon's end is one object,
-:data:`daemon_end` (a :class:`DaemonEnd`: which process reports, on which descriptor, whether
-it did), behind :func:`notify_ready`, :func:`report_failure`, :func:`prepare_exec` and
-:func:`close_in_child`; :class:`ReportReader` parses the launcher's end into a
+``daemon_end`` (a ``DaemonEnd``: which process reports, on which descriptor, whether it
+did), behind :func:`notify_ready`, :func:`report_failure`, :func:`prepare_exec` and
+:func:`close_in_child`; ``ReportReader`` parses the launcher's end into a
 :class:`StartupReport`.  :func:`notify_ready` also tells a service manager, when there is one
 (``daemonctx._os.notify_service_manager``), since "ready" means the same to both.  Waiting,
 watching the daemon and judging the report are the launching process's, in

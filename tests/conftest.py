@@ -52,3 +52,22 @@ def pid_path(tmp_path: Path, pidfiles: list[Path]) -> Path:
     path = tmp_path / "app.pid"
     pidfiles.append(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def built_docs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The HTML documentation, built once for the whole run as CI builds it (-W -n)."""
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    tmp = tmp_path_factory.mktemp("docs")
+    out = tmp / "html"
+    build = subprocess.run(
+        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-n", "-q", "-b", "html",
+         "-d", str(tmp / "doctrees"), str(REPO / "docs"), str(out)],
+        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)),
+        timeout=240, check=False)
+    assert build.returncode == 0, build.stderr
+    return out

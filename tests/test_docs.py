@@ -16,7 +16,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -326,19 +325,6 @@ def test_diagrams_in_docs_static_are_what_diagrams_py_draws() -> None:
     check = subprocess.run([PYTHON, str(DOCS / "diagrams.py"), "--check"], capture_output=True,
                            text=True, timeout=60, check=False)
     assert check.returncode == 0, check.stdout + check.stderr
-
-
-@pytest.fixture(scope="module")
-def built_docs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The HTML documentation, built once for this module as CI builds it (-W -n)."""
-    tmp = tmp_path_factory.mktemp("docs")
-    out = tmp / "html"
-    build = subprocess.run(
-        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-n", "-q", "-b", "html",
-         "-d", str(tmp / "doctrees"), str(DOCS), str(out)],
-        capture_output=True, text=True, env=ENV, timeout=240, check=False)
-    assert build.returncode == 0, build.stderr
-    return out
 
 
 def test_docs_pages_show_the_process_tree_and_handshake_diagrams(built_docs: Path) -> None:

@@ -602,17 +602,10 @@ def test_changelog_lists_the_unreleased_changes_then_the_current_version() -> No
 # --- the built site ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def built_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The HTML documentation, built as CI builds it (warnings are errors)."""
-    tmp = tmp_path_factory.mktemp("site")
-    out = tmp / "html"
-    build = subprocess.run(
-        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-n", "-q", "-b", "html",
-         "-d", str(tmp / "doctrees"), str(DOCS), str(out)],
-        capture_output=True, text=True, env=ENV, timeout=240, check=False)
-    assert build.returncode == 0, build.stderr
-    return out
+@pytest.fixture
+def built_site(built_docs: Path) -> Path:
+    """The HTML documentation, built once per run as CI builds it (tests/conftest.py)."""
+    return built_docs
 
 
 def test_site_uses_furo_whose_code_blocks_scroll_inside_the_content(built_site: Path) -> None:
