@@ -418,3 +418,16 @@ def test_every_name_the_reference_documents_imports_from_where_the_page_says() -
         else:
             missing.append(f"{page}: {dotted} (no module)")
     assert not missing, missing
+
+
+def test_dir_of_the_package_lists_only_public_names() -> None:
+    """Issue 16: dir(daemonctx) showed TYPE_CHECKING and annotations, the internals of the lazy
+    imports; help() and completion in a REPL should show what a user may use."""
+    import daemonctx
+
+    shown = set(dir(daemonctx))
+    assert set(daemonctx.__all__) <= shown
+    extra = {name for name in shown - set(daemonctx.__all__)
+             if getattr(getattr(daemonctx, name), "__name__", "") != f"daemonctx.{name}"}
+    assert extra == {"__version__"}, extra  # beside __all__: the version and submodules only
+    assert not {"TYPE_CHECKING", "annotations", "Any"} & shown
