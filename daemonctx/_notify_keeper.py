@@ -31,6 +31,8 @@ longer than needed is the safe side.)  The keeper runs as the program's user, so
 environments of that user's processes (root's keeper reads every process's).  Not seen, by a
 keeper that is not root: a process that changed its user ids (a setuid program it ran) or made
 itself non-dumpable.  In a chroot without ``/proc`` the keeper answers until the program exits.
+(``/proc`` is read through ``daemonctx._proc``: the environments, the program's pid from its
+pidfd.)
 Whoever can signal the keeper (root, the program's user) can end it early: outside the threat
 model, like killing the program.
 
@@ -65,10 +67,8 @@ def spawn(socket_fd: int, program_pidfd: int, uid: int | None, gid: int | None) 
     ``READY=1`` must not wait for an interpreter to start), then executes a fresh interpreter so
     that ``ps`` shows what it is.  The caller keeps its own fds.
     """
-    try:
-        program_pid = int(_pidfd_pid(program_pidfd))
-    except (OSError, ValueError):
-        program_pid = 0
+    named = _proc.pidfd_pid(program_pidfd)
+    program_pid = 0 if named is None else named
     pid = os.fork()
     if pid:
         return pid
@@ -92,14 +92,6 @@ def spawn(socket_fd: int, program_pidfd: int, uid: int | None, gid: int | None) 
         pass
     finally:
         os._exit(0)
-
-
-def _pidfd_pid(pidfd: int) -> bytes:
-    with open(f"/proc/self/fdinfo/{pidfd}", "rb") as info:  # binary: no codec to import
-        for line in info:
-            if line.startswith(b"Pid:"):
-                return line.split()[1]
-    raise ValueError("no Pid: line")
 
 
 def _isolate(socket_fd: int, program_pidfd: int) -> None:

@@ -233,14 +233,8 @@ def impostor(path: str, pid: int) -> str | None:
 
 
 def _owner_of(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/status", encoding="utf-8", errors="replace") as status:
-            for line in status:
-                if line.startswith("Uid:"):
-                    return f"uid {line.split()[1]}"
-    except OSError:
-        pass
-    return "uid unknown"
+    uid = _proc.real_uid(pid)
+    return "uid unknown" if uid is None else f"uid {uid}"
 
 
 def _open_holder(path: str) -> _Target | None:
@@ -304,15 +298,8 @@ def _lock_holder_pidfds(target: _Target, path: str,
                         exclude: set[int]) -> list[tuple[int, int]]:
     """Pidfds on every other process still holding the daemon's lock (checked after opening)."""
     if target.removed:
-        holders = {pid for pid, _ in _proc.processes_locking_removed(path)} - exclude
-        return _proc.pidfds_if(sorted(holders), lambda pid: _locks_removed(pid, path))
-    identity = _proc.file_identity(path)
-    holders = set(_proc.processes_holding_flock(path)) - exclude
-    return _proc.pidfds_if(sorted(holders), lambda pid: bool(_proc.holds_flock(pid, identity)))
-
-
-def _locks_removed(pid: int, path: str) -> bool:
-    return any(p == pid for p, _ in _proc.processes_locking_removed(path, pids=[pid]))
+        return _proc.removed_flock_holder_pidfds(path, exclude)
+    return _proc.flock_holder_pidfds(path, exclude)
 
 
 def find_removed_pidfile_holder(pidfile_path: str | os.PathLike[str]) -> int | None:
@@ -338,7 +325,7 @@ def _open_removed_holder(path: str) -> _Target | None:
         pidfd = os.pidfd_open(pid)
     except OSError:
         return None
-    if not _locks_removed(pid, path):  # checked after opening: the pidfd is that process
+    if not _proc.holds_removed_flock(pid, path):  # checked after opening: the pidfd is that one
         os.close(pidfd)
         return None
     return _Target(pid, pidfd, removed=True)

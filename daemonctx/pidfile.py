@@ -7,6 +7,12 @@ away, so a daemon killed by ``SIGKILL``, the OOM killer or a power cut leaves at
 answered by :func:`holder_pid` from the lock, never from ``kill(pid, 0)``: a pid that was
 recycled by an unrelated process is never reported as the daemon.
 
+Here: :class:`PIDFile` and python-daemon's :class:`TimeoutPIDLockFile`, their exceptions
+(``PIDFile*Error``), :func:`holder_pid`, and :func:`remove_stale_pidfile` for a leftover file
+nobody holds.  What ``/proc`` says about locks (``/proc/locks``, a mount's device) is read by
+``daemonctx._proc``; finding and stopping a daemon through its lock is
+:mod:`daemonctx.control`'s.
+
 Guarantees
 ----------
 * **One holder.**  Two starters can never both believe they hold the lock, including when a
@@ -76,14 +82,15 @@ import math
 import os
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import EllipsisType, TracebackType
 from typing import Any
 
 import lockfile  # type: ignore[import-untyped]
 
-from daemonctx import _os
+from daemonctx import _os, _proc
 from daemonctx._paths import host_path
+from daemonctx._proc import flock_holders as _flock_holders
 from daemonctx.errors import DaemonError, DaemonOptionError
 
 __all__ = [
@@ -471,8 +478,6 @@ class PIDFile:
         Polled, not locked: taking the lock, even briefly, in the launching process could make
         a concurrent start fail.  The pause grows from 1 ms to 50 ms, like :meth:`acquire`'s.
         """
-        from daemonctx import _proc
-
         deadline = None if wait is None else time.monotonic() + max(wait, 0.0)
         pause = 0.001
         while True:
@@ -565,17 +570,13 @@ def remove_stale_pidfile(path: str) -> bool:
     removes a file owned by the daemon's (other) user.  Failures (not permitted, a read-only
     directory) leave the file: an unlocked pidfile is harmless, the next start takes it over.
     """
-    try:
-        fd = os.open(path, _READ_FLAGS)
-    except OSError:
+    opened = _open_regular_for_reading(path)
+    if opened is None:
         return False
+    fd, st = opened
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return False
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        now = os.lstat(path)
-        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+        if not _is_file_at(path, st):
             return False
         os.unlink(path)
         return True
@@ -606,7 +607,7 @@ def holder_pid(path: str | os.PathLike[str]) -> int | None:
     also names that pid, so a lock on another file system's inode is never taken for ours.
     The pid is the process that called ``flock``: if it exited while a process it forked
     still holds the descriptor, that (stale) pid is reported.  See the module documentation
-    for pid namespaces.
+    for pid namespaces.  (``/proc`` is read by ``daemonctx._proc``.)
 
     Where ``/proc/locks`` is not available (other systems, a chroot without ``/proc``), a
     non-blocking shared ``flock`` probe tells whether the lock is held (it is held for
@@ -626,7 +627,7 @@ def holder_pid(path: str | os.PathLike[str]) -> int | None:
             f"cannot examine pidfile {text}: {exc.strerror}", text, None, exc.errno) from exc
     if not stat.S_ISREG(st.st_mode):
         return None
-    table = _read_proc_locks()
+    table = _proc.read_locks()
     if table is None:
         return _holder_pid_by_probe(text)
     by_device = _flock_holders(table, st.st_ino)
@@ -637,89 +638,38 @@ def holder_pid(path: str | os.PathLike[str]) -> int | None:
     return _holder_on_other_device(text, st, by_device)
 
 
-def _read_proc_locks() -> str | None:
-    """The text of /proc/locks, or None if there is none or it is another pid namespace's."""
-    try:
-        if os.readlink("/proc/self") != str(os.getpid()):
-            return None  # /proc of another pid namespace: its pids are not ours
-        with open("/proc/locks", encoding="ascii", errors="replace") as locks:
-            return locks.read()
-    except OSError:
-        return None
-
-
-def _flock_holders(table: str, inode: int) -> dict[int, list[int]]:
-    """Holders (not waiters) of flock locks on ``inode``, by kernel device number."""
-    found: dict[int, list[int]] = {}
-    for line in table.splitlines():
-        fields = line.split()
-        # "N: FLOCK ADVISORY WRITE pid maj:min:ino start end"; a waiter has "->" at [1].
-        if len(fields) < 6 or fields[1] != "FLOCK":
-            continue
-        try:
-            major, minor, ino = fields[5].split(":")
-            if int(ino) != inode:
-                continue
-            pid = int(fields[4])
-            device = os.makedev(int(major, 16), int(minor, 16))
-        except ValueError:
-            continue
-        if pid > 0:
-            found.setdefault(device, []).append(pid)
-    return found
-
-
 def _holder_on_other_device(path: str, st: os.stat_result,
                             by_device: dict[int, list[int]]) -> int | None:
     """Match a lock whose device is not ``st_dev``: by the mount's device, else by content."""
-    try:
-        fd = os.open(path, _READ_FLAGS)
-    except OSError:
+    opened = _open_regular_for_reading(path)
+    if opened is None:
         return None
+    fd, now = opened
     try:
-        opened = os.fstat(fd)
-        if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
             return None  # replaced meanwhile: the lock we saw was on the old file
-        pids = by_device.get(_mount_device(fd) or -1)
+        pids = by_device.get(_proc.mount_device(fd) or -1)
         if pids:
             return pids[0]
-        named = _parse_pid(os.pread(fd, _PID_READ_LIMIT, 0))
+        named = _pid_at(fd)
     finally:
         os.close(fd)
     same_inode = {pid for pids in by_device.values() for pid in pids}
     return named if named in same_inode else None
 
 
-def _mount_device(fd: int) -> int | None:
-    """The device number the kernel gives ``fd``'s file system (from mountinfo)."""
-    try:
-        with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as info:
-            mount_id = next(line.split()[1] for line in info if line.startswith("mnt_id:"))
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mounts:
-            for line in mounts:
-                fields = line.split(maxsplit=3)
-                if fields[0] == mount_id:
-                    major, minor = fields[2].split(":")
-                    return os.makedev(int(major), int(minor))
-    except (OSError, StopIteration, IndexError, ValueError):
-        return None
-    return None
-
-
 def _holder_pid_by_probe(path: str) -> int | None:
     """Fallback without /proc/locks: a non-blocking shared flock tells whether it is held."""
-    fd = _open_regular_for_reading(path)
-    if fd is None:
-        return None
+    return _using_regular_file(path, _probed_holder)
+
+
+def _probed_holder(fd: int) -> int | None:
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return _parse_pid(os.pread(fd, _PID_READ_LIMIT, 0))
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _pid_at(fd)
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return None
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -790,31 +740,47 @@ def _parse_pid(data: bytes) -> int | None:
     return pid if pid > 0 else None
 
 
-def _open_regular_for_reading(path: str) -> int | None:
-    """An fd on ``path`` if it is a regular file (never following a link); None otherwise."""
+def _pid_at(fd: int) -> int | None:
+    """The pid the pidfile open as ``fd`` names; raises :class:`OSError` if unreadable."""
+    return _parse_pid(os.pread(fd, _PID_READ_LIMIT, 0))
+
+
+def _open_regular_for_reading(path: str) -> tuple[int, os.stat_result] | None:
+    """An fd on ``path`` and its ``fstat`` if it is a regular file (never following a link)."""
     try:
         fd = os.open(path, _READ_FLAGS)
     except OSError:
         return None
     try:
-        if stat.S_ISREG(os.fstat(fd).st_mode):
-            return fd
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode):
+            return fd, st
     except OSError:
         pass
     os.close(fd)
     return None
 
 
-def _read_pid_file(path: str) -> int | None:
-    fd = _open_regular_for_reading(path)
-    if fd is None:
+def _using_regular_file(path: str, use: Callable[[int], int | None]) -> int | None:
+    """``use(fd)`` on the regular file at ``path``, closed after; None if there is none."""
+    opened = _open_regular_for_reading(path)
+    if opened is None:
         return None
     try:
-        return _parse_pid(os.pread(fd, _PID_READ_LIMIT, 0))
+        return use(opened[0])
+    finally:
+        os.close(opened[0])
+
+
+def _read_pid_file(path: str) -> int | None:
+    return _using_regular_file(path, _pid_at_or_none)
+
+
+def _pid_at_or_none(fd: int) -> int | None:
+    try:
+        return _pid_at(fd)
     except OSError:
         return None
-    finally:
-        os.close(fd)
 
 
 def file_kind(mode: int) -> str:

@@ -3,9 +3,11 @@
 :func:`daemon_status` answers "is it running?" from the pidfile's lock (see
 :mod:`daemonctx.control` for why never from the pid in the file) and returns a
 :class:`DaemonStatus`: the LSB status code, the pid, and the process with its command line,
-uptime, memory and children (a supervisor's workers), read from ``/proc``
-(``daemonctx._proc``).  :meth:`DaemonStatus.summary` is the text the command prints,
-:meth:`DaemonStatus.as_dict` its ``--json``.
+uptime, memory and children (a supervisor's workers).  :meth:`DaemonStatus.summary` is the
+text the command prints, :meth:`DaemonStatus.as_dict` its ``--json``, and the ``STATUS_*``
+constants are the LSB codes, defined here only.  Nothing here reads ``/proc`` itself: the
+process tree and the lock's live holders come from ``daemonctx._proc``, the holder and the
+impostor check from :mod:`daemonctx.control`.
 """
 
 from __future__ import annotations
@@ -203,9 +205,8 @@ def daemon_status(pidfile_path: str | os.PathLike[str]) -> DaemonStatus:
     why_not = impostor(path, pid)
     if why_not is not None:
         return DaemonStatus(path, STATUS_UNKNOWN, "unknown", pid, f"status unknown: {why_not}")
-    holds = _proc.holds_flock(pid, _proc.file_identity(path))
-    if holds is False:
-        holders = tuple(_proc.processes_holding_flock(path))
+    holders = tuple(_proc.live_lock_holders(path, pid))
+    if pid not in holders:
         listed = ", ".join(map(str, holders)) or "?"
         return DaemonStatus(path, STATUS_UNKNOWN, "unknown", pid,
                             f"pid {pid} named by the lock of {path} has exited, but processes "

@@ -4,7 +4,10 @@ Each function changes one aspect of the calling process and says why that matter
 They know nothing of :class:`~daemonctx.DaemonContext`, which calls them in order (see its
 ``open()``), and they wrap operating-system failures in
 :class:`~daemonctx.DaemonOSEnvironmentError` / :class:`~daemonctx.DaemonProcessDetachError` with
-a message naming what was attempted.
+a message naming what was attempted.  What a step needs to know comes from the primitives
+below: the open fds from ``daemonctx._proc`` (:func:`highest_open_fd`), whether a service
+manager started the process from :mod:`daemonctx.systemd` (:func:`detach_needed`), the
+variables ``daemonctx start`` sets from ``daemonctx._os`` (``daemonctx_command_lock_fd``).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import resource
 import stat
 import sys
 
-from daemonctx import _os
+from daemonctx import _os, _proc
 from daemonctx._signal_module import signal
 from daemonctx.errors import DaemonOSEnvironmentError, DaemonProcessDetachError
 
@@ -46,7 +49,6 @@ __all__ = [
 _PYTHON_MANAGED_SIGNALS = frozenset(
     getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name)
 )
-_FD_DIRS = ("/proc/self/fd", "/dev/fd")
 
 
 def change_root_directory(directory: str) -> None:
@@ -215,27 +217,15 @@ def reset_inherited_signal_state(ignored: Iterable[int]) -> None:
 
 
 def highest_open_fd() -> int | None:
-    """The highest open fd, read from ``/proc/self/fd`` (or ``/dev/fd``); None if unreadable.
+    """The highest open fd, so that closing them costs O(open fds); None if it cannot be known.
 
-    A listing is trusted only if it shows the fd used to read it: FreeBSD's ``/dev/fd``
-    without fdescfs lists 0-2 whatever is open, and trusting it would close nothing.
+    Read from the listing of this process's fds (``/proc/self/fd``, or ``/dev/fd``: see
+    ``daemonctx._proc.open_fds``, which trusts a listing only if it shows the fd used to read
+    it -- FreeBSD's ``/dev/fd`` without fdescfs lists 0-2 whatever is open, and trusting it
+    would close nothing).
     """
-    for directory in _FD_DIRS:
-        try:
-            dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            names = os.listdir(dir_fd)
-        except OSError:
-            continue
-        finally:
-            os.close(dir_fd)
-        fds = [int(n) for n in names if n.isdigit()]
-        if dir_fd in fds:
-            fds.remove(dir_fd)
-            return max(fds)
-    return None
+    fds = _proc.open_fds()
+    return None if fds is None else max(fds)
 
 
 def close_inherited_fds(keep: Iterable[int], highest_fd: int | None = None) -> int:

@@ -11,6 +11,9 @@ as dpkg's ``start-stop-daemon --notify-await``):
 * **Socket activation** (sd_listen_fds(3)): the manager binds the listening sockets and hands
   them over as fds 3, 4, ... with ``$LISTEN_FDS``/``$LISTEN_PID``/``$LISTEN_FDNAMES``.
   :func:`listen_fds`, :func:`listen_fds_with_names`, :func:`listen_sockets`.
+* **Who started us**: :func:`started_by_service_manager`, the one test of "a service manager
+  started this process and watches it" (its parent is the manager, whose name is read from
+  ``/proc`` by ``daemonctx._proc``), and :func:`booted` (sd_booted(3)).
 
 Everything is a cheap no-op when the variables are absent, so the same program runs under
 systemd, under another supervisor and from a shell.  Nothing here is imported by ``import
@@ -28,7 +31,7 @@ from __future__ import annotations
 import os
 import time
 
-from daemonctx import _os
+from daemonctx import _os, _proc
 from daemonctx.errors import DaemonError, DaemonOptionError
 
 TYPE_CHECKING = False  # see daemonctx/__init__.py: typing is not imported at run time
@@ -179,11 +182,7 @@ def started_by_service_manager() -> bool:
 def _parent_is_service_manager(ppid: int) -> bool:
     if ppid == 1 or _env("MANAGERPID") == str(ppid):
         return True
-    try:
-        with open(f"/proc/{ppid}/comm", "rb") as comm:
-            return comm.read().strip() == b"systemd"
-    except OSError:
-        return False
+    return _proc.command_name(ppid) == "systemd"
 
 
 def booted() -> bool:
