@@ -39,16 +39,19 @@ __all__ = [
     "notify_service_manager",
     "only_root_can_change",
     "open_as_user",
+    "parse_signal",
     "permits",
     "prctl",
-    "printable",
     "prctl_loaded",
     "preload_service_manager",
+    "printable",
     "record_closed_fds",
     "script_interpreter",
     "set_child_subreaper",
     "set_parent_death_signal",
+    "short_signal_name",
     "signal_name",
+    "signal_number",
     "unlink_if_same",
     "walk_path",
     "write_all",
@@ -176,6 +179,41 @@ def signal_name(signum: int) -> str:
         return signal.Signals(signum).name
     except ValueError:
         return f"signal {signum}"
+
+
+def short_signal_name(number: int) -> str:
+    """``15`` -> ``"TERM"``: the short name used in messages and schedules (``"42"`` for a
+    number without a name)."""
+    name = signal_name(number)
+    return name.removeprefix("SIG") if name.startswith("SIG") else str(number)
+
+
+def signal_number(name: str, *, numbers: bool = True) -> int | None:
+    """The signal ``name`` names -- ``TERM``, ``SIGTERM``, ``term`` and, with ``numbers``, a
+    valid number such as ``15`` -- or None."""
+    import signal
+
+    upper = name.upper()
+    if upper.isdigit():
+        number = int(upper)
+        return number if numbers and number != 0 and number in signal.valid_signals() else None
+    member = getattr(signal.Signals, upper if upper.startswith("SIG") else "SIG" + upper, None)
+    return None if member is None else int(member)
+
+
+def parse_signal(text: str, option: str = "signal") -> int:
+    """The signal number for ``text``: ``TERM``, ``SIGTERM``, ``term`` or ``15``.
+
+    Raises :class:`~daemonctx.DaemonOptionError` naming ``option`` for anything else.
+    """
+    number = signal_number(text.strip())
+    if number is None:
+        from daemonctx.errors import DaemonOptionError
+
+        raise DaemonOptionError(
+            f"{option}: unknown signal {text!r} (use a name such as TERM, HUP, USR1 or KILL, "
+            f"or a number)")
+    return number
 
 
 def describe_wait_status(code: int) -> str:

@@ -12,12 +12,18 @@ never signalled.  A daemon whose pidfile was removed by hand is found by the loc
 on the removed file.
 
 * :func:`stop_daemon` -- signal the holder along a :class:`StopSchedule` (``TERM/30/KILL/5``,
-  start-stop-daemon's ``--retry``), wait until the lock is released;
+  start-stop-daemon's ``--retry``; ``DEFAULT_STOP_SCHEDULE`` is the one default), wait
+  until the lock is released;
 * :func:`signal_daemon` -- send one signal to the holder (``reload`` is ``SIGHUP``);
-* :func:`find_removed_pidfile_holder` -- the daemon whose pidfile was removed.
+* :func:`find_removed_pidfile_holder` -- the daemon whose pidfile was removed;
+* :func:`impostor` -- why a lock holder is not the daemon, when it is not;
+* :func:`parse_signal` and :func:`signal_name` -- signals as the command writes them
+  (``TERM``, ``15``), defined with the other signal names in ``daemonctx._os`` and
+  re-exported here.
 
 The ``daemonctx`` command, :class:`~daemonctx.runner.DaemonRunner` and
-:mod:`daemonctx.status` use these.  Linux only (pidfds, ``/proc``).
+:mod:`daemonctx.status` use these.  Linux only (pidfds, ``/proc``): what ``/proc`` says about
+processes and their locks is read by ``daemonctx._proc``.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from daemonctx import _proc
-from daemonctx._os import signal_name as _full_signal_name
+from daemonctx._os import parse_signal
+from daemonctx._os import short_signal_name as signal_name
 from daemonctx.errors import DaemonError, DaemonOptionError, DaemonOSEnvironmentError
 from daemonctx.pidfile import holder_pid as _holder_pid
 from daemonctx.pidfile import remove_stale_pidfile
@@ -53,34 +60,7 @@ __all__ = [
 _MAX_POLL_PAUSE = 0.05
 
 
-# --- signals and schedules ------------------------------------------------------------------
-
-
-def parse_signal(text: str, option: str = "signal") -> int:
-    """The signal number for ``text``: ``TERM``, ``SIGTERM``, ``term`` or ``15``.
-
-    Raises :class:`~daemonctx.DaemonOptionError` naming ``option`` for anything else.
-    """
-    name = text.strip().upper()
-    if name.isdigit():
-        number = int(name)
-        if number in signal.valid_signals() and number != 0:
-            return number
-    else:
-        if not name.startswith("SIG"):
-            name = "SIG" + name
-        member = getattr(signal.Signals, name, None)
-        if member is not None:
-            return int(member)
-    raise DaemonOptionError(
-        f"{option}: unknown signal {text!r} (use a name such as TERM, HUP, USR1 or KILL, "
-        f"or a number)")
-
-
-def signal_name(number: int) -> str:
-    """``15`` -> ``"TERM"``: the short name used in messages and schedules."""
-    name = _full_signal_name(number)
-    return name.removeprefix("SIG") if name.startswith("SIG") else str(number)
+# --- schedules ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,14 @@
 A signal map is ``{signal number: target}``; a target is ``None`` (ignore the signal), the name
 of a method of the context (``"terminate"``), a callable ``handler(signum, frame)``, or
 ``signal.SIG_DFL`` / ``signal.SIG_IGN``.  It is checked in the launcher, before forking, so a
-typo is an error the caller sees instead of a daemon that dies unseen.
+typo is an error the caller sees instead of a daemon that dies unseen.  Signal names are
+looked up and written by ``daemonctx._os`` (``signal_number``, ``signal_name``), the one home
+of signal names.
 """
 
 from __future__ import annotations
 
-from daemonctx._os import signal_name
+from daemonctx._os import signal_name, signal_number
 from daemonctx._signal_module import signal
 from daemonctx.errors import DaemonOptionError
 
@@ -38,15 +40,10 @@ def default_signal_map() -> dict[int, object]:
 
 def _signal_number(key: object) -> int:
     if isinstance(key, str):
-        name = key.upper()
-        if not name.startswith("SIG"):
-            name = "SIG" + name
-        import signal as signal_module  # names are rare: pay for the enum only here
-
-        number = getattr(signal_module.Signals, name, None)
+        number = signal_number(key, numbers=False)  # imports the enums: only for a name
         if number is None:
             raise DaemonOptionError(f"signal_map: unknown signal name {key!r}")
-        return int(number)
+        return number
     if isinstance(key, bool) or not isinstance(key, int):
         raise DaemonOptionError(
             f"signal_map: key {key!r} is not a signal number (use e.g. signal.SIGHUP)"
