@@ -216,11 +216,17 @@ def parse_signal(text: str, option: str = "signal") -> int:
     return number
 
 
-def describe_wait_status(code: int) -> str:
-    """Words for an exit code as :func:`os.waitstatus_to_exitcode` gives it (``-N``: signal N)."""
+def describe_wait_status(code: int, *, verb: bool = True) -> str:
+    """Words for an exit code as :func:`os.waitstatus_to_exitcode` gives it (``-N``: signal N).
+
+    ``"exited with status 3"``, ``"was killed by signal 9 (SIGKILL)"``; without ``verb``, what
+    follows "exited" in a sentence: ``"with status 3"``, ``"killed by signal 9 (SIGKILL)"``.
+    """
     if code >= 0:
-        return f"exited with status {code}"
-    return f"was killed by signal {-code} ({signal_name(-code)})"
+        how = f"with status {code}"
+        return f"exited {how}" if verb else how
+    how = f"killed by signal {-code} ({signal_name(-code)})"
+    return f"was {how}" if verb else how
 
 
 def write_all(fd: int, data: bytes) -> bool:

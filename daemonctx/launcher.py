@@ -289,9 +289,7 @@ class Launch:
         code = self.daemon_status
         if code is None:
             return "(exit status unknown)"
-        if code < 0:
-            return f"killed by signal {-code} ({_os.signal_name(-code)})"
-        return f"with status {code}"
+        return _os.describe_wait_status(code, verb=False)
 
     def await_settle(self, seconds: float, who: str) -> str | None:
         """None if the daemon is still running ``seconds`` from now, else why not.
