@@ -1,17 +1,37 @@
 """One home for each operating-system primitive daemonctx needs beyond :mod:`os`.
 
-* ``prctl`` through :mod:`ctypes` (loaded on first use): the parent-death signal of workers and
-  the child-subreaper bit of a launcher.
+* ``prctl`` through :mod:`ctypes` (loaded on first use: :func:`load_prctl`,
+  :func:`prctl_loaded`): the parent-death signal of workers (:func:`set_parent_death_signal`)
+  and the child-subreaper bit of a launcher (:func:`set_child_subreaper`).
 * **Descriptors above the past.**  :class:`~daemonctx.DaemonContext` closes every inherited
   descriptor behind the back of the Python objects that own them (a socket, a file created
   before ``open()``): those objects still believe they own their numbers, and when one of them
   is collected it closes whatever that number holds by then.  :func:`record_closed_fds`
-  remembers the highest number closed that way, and :func:`above_closed_fds` moves a
-  descriptor daemonctx keeps (the pidfile's lock, the start-up pipe, the supervisor's pipes,
-  notification sockets) above it, so no stale object can ever close it.
-* Wait-status text and writing a whole buffer.
+  remembers the highest number closed that way (:func:`closed_fds_ceiling`), and
+  :func:`above_closed_fds` moves a descriptor daemonctx keeps (the pidfile's lock, the start-up
+  pipe, the supervisor's pipes, notification sockets) above it, so no stale object can ever
+  close it.
+* **Signal names**, both ways: :func:`signal_name` (``SIGTERM``) and :func:`short_signal_name`
+  (``TERM``, as the command writes them) from a number; :func:`signal_number` and
+  :func:`parse_signal` (which raises :class:`~daemonctx.DaemonOptionError`) from a name or a
+  number.  ``daemonctx.control`` re-exports the two the command's users know.
+* **Wait-status text**: :func:`describe_wait_status` (``exited with status 3``, ``was killed
+  by signal 9 (SIGKILL)``), the words every message about an exited process uses.
+* Writing a whole buffer (:func:`write_all`); text another process chose made safe to show on
+  a terminal (:func:`printable`).
+* **Files and permissions** as the kernel judges them: :func:`permits` (mode bits for a user),
+  :func:`walk_path` (a path resolved name by name, :class:`PathWalk` of :class:`Lookup`),
+  :func:`only_root_can_change`, :func:`script_interpreter` (a ``#!`` line; with
+  :data:`MAX_SYMLINKS` and :data:`MAX_SCRIPT_DEPTH`, the kernel's limits),
+  :func:`open_as_user` (opened with another user's rights) and :func:`unlink_if_same` (remove
+  a name only if it still links the same file).
+* **Telling the service manager, if there is one**: :func:`notify_service_manager` and
+  :func:`preload_service_manager` (the protocol itself is :mod:`daemonctx.systemd`'s), and
+  the names of the variables ``daemonctx start`` passes to its program
+  (:data:`COMMAND_PID_ENV`, :data:`COMMAND_LOCK_FD_ENV`).
 
-Nothing here imports anything heavier than :mod:`os` and :mod:`fcntl` until a function needs it.
+Reading ``/proc`` is ``daemonctx._proc``'s.  Nothing here imports anything heavier than
+:mod:`os` and :mod:`fcntl` until a function needs it.
 """
 
 from __future__ import annotations
