@@ -51,6 +51,11 @@ _PYTHON_MANAGED_SIGNALS = frozenset(
 )
 
 
+def _unable(what: str, exc: OSError) -> DaemonOSEnvironmentError:
+    """The error of a step that failed to ``what``: the errno and the system's words for it."""
+    return DaemonOSEnvironmentError(exc.errno, f"unable to {what}: {exc.strerror}")
+
+
 def change_root_directory(directory: str) -> None:
     """Make ``directory`` the process's root, so the daemon cannot see files outside it.
 
@@ -61,9 +66,7 @@ def change_root_directory(directory: str) -> None:
         os.chdir(directory)
         os.chroot(directory)
     except OSError as exc:
-        raise DaemonOSEnvironmentError(
-            exc.errno, f"unable to change root directory to {directory!r}: {exc.strerror}"
-        ) from exc
+        raise _unable(f"change root directory to {directory!r}", exc) from exc
 
 
 def prevent_core_dump() -> None:
@@ -84,9 +87,7 @@ def change_working_directory(directory: str) -> None:
     try:
         os.chdir(directory)
     except OSError as exc:
-        raise DaemonOSEnvironmentError(
-            exc.errno, f"unable to change working directory to {directory!r}: {exc.strerror}"
-        ) from exc
+        raise _unable(f"change working directory to {directory!r}", exc) from exc
 
 
 def change_process_owner(uid: int, gid: int, groups: Sequence[int] | None) -> None:
@@ -104,9 +105,7 @@ def change_process_owner(uid: int, gid: int, groups: Sequence[int] | None) -> No
             os.setgid(gid)
         os.setuid(uid)
     except OSError as exc:
-        raise DaemonOSEnvironmentError(
-            exc.errno, f"unable to change process owner to uid {uid}, gid {gid}: {exc.strerror}"
-        ) from exc
+        raise _unable(f"change process owner to uid {uid}, gid {gid}", exc) from exc
 
 
 def flush_standard_streams() -> None:
