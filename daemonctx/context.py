@@ -11,7 +11,7 @@ import atexit
 import os
 import sys
 
-from daemonctx import _os, handshake, options, steps
+from daemonctx import _os, _proc, handshake, options, steps
 from daemonctx._pid1 import become_init
 from daemonctx._signal_module import signal
 from daemonctx.errors import (
@@ -19,7 +19,7 @@ from daemonctx.errors import (
     DaemonError,
     DaemonThreadWarning,
 )
-from daemonctx.launcher import Launch, LaunchInterrupted, keep_the_verdict
+from daemonctx.launcher import Launch, keep_the_verdict
 from daemonctx.options import MAX_STARTUP_TIMEOUT
 from daemonctx.signals import default_signal_map, install_signal_handlers
 
@@ -311,42 +311,9 @@ class DaemonContext:
             self._atexit_registered = True
 
     def _run_launcher(self, intermediate_pid: int) -> NoReturn:
-        """In the launching process: wait for the report, clean up a failed start, exit."""
-        launch = self._launch
-        assert launch is not None
-        try:
-            launch.begin(intermediate_pid)
-            report = launch.conclude(launch.wait(launch.timeout))
-        except LaunchInterrupted as stop:
-            report = handshake.StartupReport(
-                "failed", launch.daemon_pid, f"interrupted by {stop.name} while waiting for "
-                f"the daemon's start-up report", 128 + stop.signum)
-            try:
-                report = launch.conclude(report)
-            except BaseException:
-                pass
-        except BaseException as exc:  # the launcher must exit, whatever happens
-            report = handshake.StartupReport("failed", launch.daemon_pid,
-                                             f"launcher error: {exc!r}", 1)
-            try:
-                report = launch.conclude(report)  # nobody would report this start's failure
-            except BaseException:
-                pass
-        try:
-            launch.release()
-        except BaseException:
-            pass
-        try:
-            if self.startup_policy is not None:
-                self.startup_policy(report, launch)  # exits, maybe after waiting for more
-            self.on_startup_report(report)  # exits
-        except LaunchInterrupted as stop:
-            try:
-                launch.stop_all()
-            finally:
-                os._exit(128 + stop.signum)
-        finally:
-            os._exit(report.exit_status)  # never return into the caller's code
+        """In the launching process: the launch runs to its verdict and exits (never returns)."""
+        assert self._launch is not None
+        self._launch.run(intermediate_pid, self.startup_policy, self.on_startup_report)
 
     # --- option checking ----------------------------------------------------------------
 
@@ -428,26 +395,20 @@ def _other_thread_names() -> list[str]:
         for thread in threading.enumerate():
             if thread.native_id is not None and thread.is_alive():
                 known[thread.native_id] = repr(thread.name)
-    me = threading.get_native_id() if threading is not None else None
-    try:
-        tids = sorted(int(tid) for tid in os.listdir("/proc/self/task"))
-    except OSError:  # no /proc: only what threading knows
-        return [name for tid, name in sorted(known.items()) if tid != me]
-    if me is None:
-        import _thread
+    import _thread
 
-        me = _thread.get_native_id()
+    me = _thread.get_native_id()
+    tids = _proc.thread_ids()
+    if tids is None:  # no /proc: only what threading knows
+        return [name for tid, name in sorted(known.items()) if tid != me]
     names: list[str] = []
     for tid in tids:
         if tid == me:
             continue
         name = known.get(tid)
         if name is None:
-            try:
-                with open(f"/proc/self/task/{tid}/comm", encoding="utf-8",
-                          errors="replace") as comm:
-                    kernel_name = comm.read().strip()
-            except OSError:
+            kernel_name = _proc.thread_name(tid)
+            if kernel_name is None:
                 continue  # it ended meanwhile
             name = f"{kernel_name!r} (thread {tid}, not started by threading)"
         names.append(name)

@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     StartupPolicy = Callable[[handshake.StartupReport, "Launch"], NoReturn]
 
 __all__ = ["STOP_GRACE", "Launch", "LaunchInterrupted", "NotifyListener", "keep_the_verdict",
-           "parse_notification"]
+           "lock_holders_phrase", "parse_notification"]
 
 #: Seconds a process gets to exit after SIGTERM before SIGKILL, when a failed start is cleaned
 #: up; and how long a daemon that reported a failure gets to exit on its own.
@@ -171,6 +171,50 @@ class Launch:
         handshake.daemon_end.start(self.report_w)
 
     # --- the launcher's side -----------------------------------------------------------------
+
+    def run(self, intermediate_pid: int, policy: StartupPolicy | None,
+            default: Callable[[handshake.StartupReport], NoReturn]) -> NoReturn:
+        """The launching process from the first fork to its exit; never returns.
+
+        Learns the daemon (:meth:`begin`), waits for its report (:meth:`wait`), cleans up after
+        a failed start (:meth:`conclude`) -- also when SIGTERM/SIGINT abandon the wait, or the
+        launcher itself fails -- lets the intermediate child go (:meth:`release`), then hands
+        the report to ``policy(report, launch)`` (the command waits for ``READY=1`` there), or
+        else to ``default(report)``; both must exit.  Whatever happens, the process exits with
+        the report's status: it never returns into the caller's code.
+        """
+        try:
+            self.begin(intermediate_pid)
+            report = self.conclude(self.wait(self.timeout))
+        except LaunchInterrupted as stop:
+            report = self._concluded_anyway(
+                f"interrupted by {stop.name} while waiting for the daemon's start-up report",
+                128 + stop.signum)
+        except BaseException as exc:  # the launcher must exit, whatever happens
+            report = self._concluded_anyway(f"launcher error: {exc!r}", 1)
+        try:
+            self.release()
+        except BaseException:
+            pass
+        try:
+            if policy is not None:
+                policy(report, self)  # exits, maybe after waiting for more
+            default(report)  # exits
+        except LaunchInterrupted as stop:
+            try:
+                self.stop_all()
+            finally:
+                os._exit(128 + stop.signum)
+        finally:
+            os._exit(report.exit_status)
+
+    def _concluded_anyway(self, message: str, status: int) -> handshake.StartupReport:
+        """A failed report for a wait that ended abnormally, cleaned up as well as it can be."""
+        report = handshake.StartupReport("failed", self.daemon_pid, message, status)
+        try:
+            return self.conclude(report)  # nobody else would report this start's failure
+        except BaseException:
+            return report
 
     def begin(self, intermediate_pid: int) -> None:
         """In the launcher, right after the first fork: learn the daemon's pid for sure.

@@ -224,7 +224,7 @@ def highest_open_fd() -> int | None:
     would close nothing).
     """
     fds = _proc.open_fds()
-    return None if fds is None else max(fds)
+    return None if fds is None else max(fds, default=-1)  # -1: not even 0-2 are open
 
 
 def close_inherited_fds(keep: Iterable[int], highest_fd: int | None = None) -> int:
