@@ -389,7 +389,8 @@ class Launch:
         self.go_w = -1
         if self.intermediate_pid is not None:
             # It exits at once; waited for, so that when the start command returns nothing of
-            # the detach sequence is left but the daemon.
+            # the detach sequence is left but the daemon (an init that reaps late would show
+            # it as a zombie).
             try:
                 os.waitpid(self.intermediate_pid, 0)
             except ChildProcessError:

@@ -51,6 +51,15 @@ _HANDLED_SIGNALS = (
 _fork_processes_called = False
 _running: Supervisor | None = None
 
+# prctl (through ctypes: about 2 ms) is loaded with this module, not when run() starts the
+# workers: a fork_processes() call then costs no import, and a master that chroots or drops
+# privileges before it runs could not load it any more.  run() then only looks it up.
+if sys.platform.startswith("linux"):
+    try:
+        _os.load_prctl()
+    except (OSError, AttributeError):
+        pass
+
 
 class SupervisorError(DaemonError, RuntimeError):
     """The supervisor gave up, or was used in a way that cannot work.
