@@ -12,7 +12,6 @@ import os
 import sys
 
 from daemonctx import _os, _proc, handshake, options, steps
-from daemonctx._pid1 import become_init
 from daemonctx._signal_module import signal
 from daemonctx.errors import (
     DaemonAlreadyOpenError,
@@ -175,6 +174,9 @@ class DaemonContext:
         hint = steps.highest_open_fd()
         ignored = steps.ignored_signals(keep=plan.handlers)
         waits = plan.detach and plan.startup_timeout != 0
+        as_init = not plan.detach and os.getpid() == 1
+        if as_init:  # a container's pid 1 only; imported before a chroot can hide it
+            from daemonctx._pid1 import become_init
         try:
             if plan.detach or os.getpid() == 1:
                 _warn_about_threads()
@@ -196,7 +198,7 @@ class DaemonContext:
                 launch.abandon()  # the first fork failed: the caller goes on as it was
                 raise
             launch.daemon_side()
-        elif os.getpid() == 1:
+        elif as_init:
             become_init(plan.uid, plan.gid, plan.groups)
         try:
             self._run_steps_after_fork(plan, opened, keep, hint, ignored)
