@@ -661,7 +661,7 @@ def _timeout_report(report: handshake.StartupReport,
     if report.state in ("ready", "failed"):
         return report
     who = f"daemon (pid {report.pid})" if report.pid is not None else "daemon"
-    limit = f" within {timeout:g} s" if timeout is not None else ""
+    limit = f" ({timeout:g} s)" if timeout is not None else ""
     return handshake.StartupReport("timeout", report.pid,
                                    f"{who} did not report readiness in time{limit}", 1)
 
