@@ -35,7 +35,7 @@ def _launcher(out: str, nofile: int) -> None:
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
     sys.path.insert(0, str(REPO))
-    from daemonctx import context, handshake, steps
+    from daemonctx import context, handshake, launcher, options, steps
 
     stamps: list[tuple[str, int, int, int]] = []
 
@@ -54,13 +54,15 @@ def _launcher(out: str, nofile: int) -> None:
 
     for name in steps.__all__:
         wrap(steps, name, f"steps.{name}")
-    for name in ("_start_reporting", "notify_ready"):
-        wrap(handshake, name, f"handshake.{name}")
-    for name in ("_prepare", "_run_steps_before_fork", "_run_steps_after_fork",
-                 "_check_pidfile", "_prepare_streams"):
+    wrap(handshake, "notify_ready", "handshake.notify_ready")
+    wrap(options, "resolve", "options.resolve")
+    for name in ("_run_steps_before_fork", "_run_steps_after_fork"):
         wrap(context.DaemonContext, name, f"DaemonContext.{name}")
+    wrap(context, "_warn_about_threads", "context._warn_about_threads")
     wrap(context, "install_signal_handlers", "signals.install_signal_handlers")
-    wrap(context, "_resolve_signal_map", "signals.resolve_signal_map")
+    for name in ("__init__", "daemon_side", "begin", "wait", "conclude", "release",
+                 "announce"):
+        wrap(launcher.Launch, name, f"Launch.{name}")
     wrap(os, "fork", "os.fork (as seen by the caller)")
     wrap(os, "setsid", "os.setsid")
     wrap(os, "pipe2", "os.pipe2")
