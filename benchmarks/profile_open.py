@@ -60,8 +60,7 @@ def _launcher(out: str, nofile: int) -> None:
         wrap(context.DaemonContext, name, f"DaemonContext.{name}")
     wrap(context, "_warn_about_threads", "context._warn_about_threads")
     wrap(context, "install_signal_handlers", "signals.install_signal_handlers")
-    for name in ("__init__", "daemon_side", "begin", "wait", "conclude", "release",
-                 "announce"):
+    for name in ("__init__", "daemon_side"):  # the daemon's copy of the stamps sees these
         wrap(launcher.Launch, name, f"Launch.{name}")
     wrap(os, "fork", "os.fork (as seen by the caller)")
     wrap(os, "setsid", "os.setsid")

@@ -145,3 +145,13 @@ def test_committed_page_and_readme_targets_are_those_of_the_saved_run():
         "benchmarks/results/full.json: run benchmarks/run.py --from-json "
         "benchmarks/results/full.json")
     assert report.render_targets(results) in (BENCH / "README.md").read_text()
+
+
+def test_open_profiler_still_names_the_steps_it_wraps():
+    """benchmarks/profile_open.py wraps functions by name: a name that moved broke it silently."""
+    result = subprocess.run([PYTHON, str(BENCH / "profile_open.py"), "2", "1024"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for step in ("options.resolve", "Launch.daemon_side", "steps.close_inherited_fds",
+                 "handshake.notify_ready"):
+        assert step in result.stdout, result.stdout
