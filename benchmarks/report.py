@@ -332,7 +332,9 @@ def render_page(results: dict[str, Any], plots: dict[str, str]) -> str:
     out += render_comparison(results, plots)
     out += ["## Details", ""]
     out += ["### The machine", ""]
-    out += _table(["machine", ""], [[k, v] for k, v in machine.items()])
+    # Sorted: the saved JSON has its keys sorted, so a page rendered right after measuring and
+    # one rendered from the file (--from-json, tests/test_benchmarks.py) must not differ.
+    out += _table(["machine", ""], [[k, v] for k, v in sorted(machine.items())])
 
     if "detach" in results:
         d = results["detach"]
