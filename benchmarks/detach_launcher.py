@@ -14,7 +14,8 @@ setsid, chdir, umask, closerange(3, soft limit), dup2 of /dev/null), ``reference
 (the same, with a launcher that waits for one byte from the daemon), ``daemonctx`` (default
 DaemonContext: its launcher waits for the start-up report), ``daemonctx-nowait`` (the same with
 ``startup_timeout=0``: no handshake, the launcher exits right after the first fork),
-``python-daemon`` and ``daemonize``.
+``python-daemon``, ``daemonize``, or ``daemonctx@PATH``: the default DaemonContext of the
+checkout at PATH (``compare_revisions.py``).
 """
 
 from __future__ import annotations
@@ -103,6 +104,11 @@ def make_opener(contender: str, main: Callable[[], NoReturn], scratch: str) -> C
         # fork (python-daemon's behaviour)
         timeout = 0 if contender == "daemonctx-nowait" else 60.0
         return DaemonContext(startup_timeout=timeout).open
+    if contender.startswith("daemonctx@"):  # another checkout (compare_revisions.py)
+        sys.path.insert(0, contender.partition("@")[2])
+        from daemonctx import DaemonContext
+
+        return DaemonContext(startup_timeout=60.0).open
     if contender == "python-daemon":
         import daemon
 

@@ -9,8 +9,9 @@ disposition, so a graceful stop measures the master's work, not the workers'.
 
 CONTENDER is ``minimal-loop`` (fork N, block in ``os.wait()``, fork a replacement for each
 death, forward SIGTERM to the workers and wait for them: written for the benchmark),
-``daemonctx`` (``daemonctx.fork_processes``, tornado's restart policy) or ``tornado``
-(``tornado.process.fork_processes``).
+``daemonctx`` (``daemonctx.fork_processes``, tornado's restart policy), ``tornado``
+(``tornado.process.fork_processes``), or ``daemonctx@PATH``: ``daemonctx.fork_processes`` of
+the checkout at PATH (``compare_revisions.py``).
 """
 
 from __future__ import annotations
@@ -67,6 +68,11 @@ def load(contender: str) -> Callable[[int], int]:
         from daemonctx.supervisor import fork_processes as daemonctx_fork
 
         return lambda n: daemonctx_fork(n, max_restarts=MAX_RESTARTS)
+    if contender.startswith("daemonctx@"):  # another checkout (compare_revisions.py)
+        sys.path.insert(0, contender.partition("@")[2])
+        from daemonctx.supervisor import fork_processes as checkout_fork
+
+        return lambda n: checkout_fork(n, max_restarts=MAX_RESTARTS)
     if contender == "tornado":
         from tornado.process import fork_processes as tornado_fork
 

@@ -155,3 +155,30 @@ def test_open_profiler_still_names_the_steps_it_wraps():
     for step in ("options.resolve", "Launch.daemon_side", "steps.close_inherited_fds",
                  "handshake.notify_ready"):
         assert step in result.stdout, result.stdout
+
+
+def test_revision_comparison_runs_both_checkouts_and_removes_its_worktree(tmp_path):
+    """compare_revisions.py measures this checkout next to a git revision, then cleans up."""
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout: no revision to compare with")
+    marker = f"DAEMONCTX_BENCH_SMOKE={uuid.uuid4().hex}"
+    key, value = marker.split("=")
+    env = dict(os.environ, **{key: value}, TMPDIR=str(tmp_path))
+    before = subprocess.run(["git", "-C", str(REPO), "worktree", "list"], capture_output=True,
+                            text=True, check=True).stdout
+    result = subprocess.run([PYTHON, str(BENCH / "compare_revisions.py"), "HEAD", "--rounds", "2",
+                             "--kills", "3", "--starts", "1"],
+                            capture_output=True, text=True, timeout=240, env=env,
+                            stdin=subprocess.DEVNULL, cwd=tmp_path)
+    leftovers = _processes_with_env(marker)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for row in ("open() -> main", "launcher wall time", "restart of a crashed worker",
+                "start of 16 workers"):
+        line = next((line for line in result.stdout.splitlines() if row in line), "")
+        assert re.search(r"now/HEAD \d+\.\d{3}", line), result.stdout
+    assert "errors of" not in result.stdout, result.stdout
+    assert leftovers == [], f"the comparison left processes running: {leftovers}"
+    after = subprocess.run(["git", "-C", str(REPO), "worktree", "list"], capture_output=True,
+                           text=True, check=True).stdout
+    assert after == before, "the comparison left a git worktree behind"
+    assert not list(tmp_path.iterdir()), "the comparison left files in its temporary directory"
